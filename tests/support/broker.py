@@ -1,0 +1,1 @@
+"""Shared fixtures: broker (filled in by its area)."""

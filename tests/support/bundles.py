@@ -1,0 +1,1 @@
+"""Shared fixtures: bundles (filled in by its area)."""

@@ -1,0 +1,92 @@
+"""The two link interfaces every transport (ZeroMQ, MQTT) implements.
+
+Threads, not asyncio, at this boundary: ONNX Runtime and torch calls block, and paho
+runs its own network thread. Callbacks are invoked from the link's I/O thread and must
+return quickly (enqueue, never compute). ``Responder.send`` and ``ClientLink.submit`` are
+thread-safe.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Protocol
+
+from transport.messages import LoadReport, Reply, Request
+
+
+class Responder(Protocol):
+    """Sends the reply for one request back to the agent that sent it."""
+
+    def send(self, reply: Reply) -> None: ...
+
+
+class ServerHandler(Protocol):
+    """What a cloud core gives a server link."""
+
+    def on_request(self, request: Request, responder: Responder) -> None:
+        """A decoded, authenticated request. ``request.agent_id`` is the authenticated id."""
+
+    def on_reject(self, reason: str, agent_id: str | None) -> None:
+        """A frame was refused by the link (malformed, auth, replay...). Count it.
+
+        The link has already answered with an error reply when it could recover the
+        request id; ``reason`` is a short label (a ``TransportError.reason``)."""
+
+    def load(self) -> LoadReport:
+        """Current load, sent back in every pong."""
+
+
+class ServerLink(ABC):
+    """Cloud side: accepts requests from many agents."""
+
+    @abstractmethod
+    def start(self, handler: ServerHandler) -> None:
+        """Bind/subscribe and start the I/O thread. Raises if already started."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop accepting; flush replies already handed to responders; join threads."""
+
+    @property
+    @abstractmethod
+    def endpoints(self) -> list[str]:
+        """The concrete addresses bound (ports resolved), for agents to connect to."""
+
+
+@dataclass(slots=True)
+class PingResult:
+    rtt_ms: float
+    up_bytes: int
+    down_bytes: int
+    load: LoadReport | None
+
+
+class ClientLink(ABC):
+    """Edge side: one connection to one cloud endpoint."""
+
+    @abstractmethod
+    def submit(self, request: Request) -> Future[Reply]:
+        """Encode (with ``request.codec``) and send; the future resolves with the reply.
+
+        The future fails with ``transport.errors.LinkTimeout`` at ``request.deadline`` and
+        with ``LinkClosed`` when the peer is lost or the link closes."""
+
+    @abstractmethod
+    def ping(self, payload_bytes: int = 0, reply_bytes: int = 0,
+             timeout: float = 2.0) -> PingResult:
+        """Round trip a probe; raises LinkTimeout/LinkClosed."""
+
+    @property
+    @abstractmethod
+    def connected(self) -> bool:
+        """False once heartbeats (or the broker connection) say the peer is gone."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Fail all pending futures with LinkClosed and release sockets/threads."""
+
+    def on_state_change(self, callback: Callable[[bool], None]) -> None:  # noqa: B027
+        """Optional hook: called with the new ``connected`` value when it changes."""

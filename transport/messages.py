@@ -1,0 +1,115 @@
+"""Message types that travel between edge agents and cloud cores.
+
+Pure data: no sockets, no codecs. ``transport.wire`` turns these into frames and back.
+Tensors are numpy arrays; on decode they are views over the received frames
+(zero-copy) when the codec is ``raw``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+
+
+class Status(IntEnum):
+    """Reply status codes. The server edge maps typed errors to these in one place."""
+
+    OK = 0
+    INVALID_INPUT = 1  # malformed frame, wrong shape/dtype/size, bad codec
+    UNAUTHORIZED = 2  # unknown key, failed AEAD, replay
+    MODEL_NOT_FOUND = 3  # unknown model name
+    VERSION_MISMATCH = 4  # bundle digest not loaded (stale or unknown version)
+    CUT_NOT_FOUND = 5  # cut id not in the manifest
+    DEADLINE_EXCEEDED = 6  # deadline passed before compute
+    OVERLOADED = 7  # queue full: back-pressure, try elsewhere or locally
+    INTERNAL = 8  # backend failure
+    UNAVAILABLE = 9  # shutting down / link lost
+
+    @property
+    def retryable(self) -> bool:
+        """Whether another endpoint (or local execution) may still succeed."""
+        return self in (Status.OVERLOADED, Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED,
+                        Status.INTERNAL)
+
+
+@dataclass(slots=True)
+class Request:
+    """One inference request for a tail.
+
+    Attributes:
+        request_id: unique per agent; replies are matched by it (idempotency key).
+        agent_id: the sender; servers overwrite it with the authenticated identity.
+        model: bundle model name.
+        version: bundle version string.
+        digest: sha256 hex of the bundle manifest; the cloud refuses any other.
+        cut: cut id from the manifest (``"cloud"`` means the raw inputs, whole model).
+        deadline: absolute Unix time (seconds) after which the answer is useless.
+        tensors: name -> array (the crossing tensors of the cut, batch dim first).
+        codec: codec spec used on the wire, e.g. ``"raw"``, ``"fp16"``, ``"int8+lz4"``.
+    """
+
+    request_id: str
+    agent_id: str
+    model: str
+    version: str
+    digest: str
+    cut: str
+    deadline: float
+    tensors: dict[str, np.ndarray]
+    codec: str = "raw"
+    sent_at: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class Reply:
+    """The answer to a :class:`Request`: outputs or an explicit error."""
+
+    request_id: str
+    status: Status = Status.OK
+    error: str = ""
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    queue_ms: float = 0.0
+    compute_ms: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.OK
+
+
+@dataclass(slots=True)
+class Ping:
+    """RTT/bandwidth probe. ``payload`` (may be empty) measures uplink bandwidth;
+    ``reply_bytes`` asks the server to pad the pong for downlink bandwidth."""
+
+    nonce: int
+    sent_at: float
+    payload: bytes = b""
+    reply_bytes: int = 0
+
+
+@dataclass(slots=True)
+class Pong:
+    """Answer to a :class:`Ping`; carries the cloud's current load for placement."""
+
+    nonce: int
+    sent_at: float  # echoed from the ping
+    server_time: float
+    received_bytes: int
+    load: LoadReport | None = None
+    payload: bytes = b""
+
+
+@dataclass(slots=True)
+class LoadReport:
+    """Cloud load as seen by one core: what agents feed to placement."""
+
+    queue_depth: int = 0
+    queue_ms: float = 0.0  # recent mean time in queue
+    utilisation: float = 0.0  # 0..1 busy fraction of backend workers
+    inflight: int = 0
+
+
+Message = Request | Reply | Ping | Pong
