@@ -1,0 +1,181 @@
+"""The latency cost model shared by the offline tuner and the edge agent's runtime policy.
+
+Predicted end-to-end latency of a cut (all in milliseconds)::
+
+    edge head + encode + bytes / uplink + RTT + cloud queue + tail(batch) + decode
+              + reply bytes / downlink
+
+"edge" (everything local) is just the int8 full model's time; "cloud" sends the raw
+inputs. Pure Python/numpy: the edge agent imports this, so no torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+__all__ = [
+    "CloudEstimate",
+    "Constraints",
+    "CutProfile",
+    "Decision",
+    "LinkEstimate",
+    "Prediction",
+    "choose",
+    "predict",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CutProfile:
+    """What is known about one cut, measured or estimated.
+
+    Attributes:
+        cut_id: manifest cut id ("cloud", "edge", "k12"...).
+        depth: nodes on the edge side (0 for "cloud"); the privacy floor compares to it.
+        head_ms: edge time of the int8 head at batch 1 (full int8 model for "edge").
+        tail_ms: cloud tail time by batch size ({1: 2.0, 8: 5.1}); empty for "edge".
+            Missing batch sizes are interpolated linearly (extrapolated from the last two).
+        bytes: per-sample bytes on the wire by codec ("raw", "fp16", "int8+lz4"...).
+            0 for "edge".
+        reply_bytes: per-sample bytes of the outputs sent back.
+        encode_ms / decode_ms: codec cost per sample by codec (edge encode, cloud decode).
+        accuracy: cosine or top-1 agreement of this cut (1.0 = exact); constraint input.
+        edge_memory_mb: resident memory the head needs on the edge (0 if unknown).
+    """
+
+    cut_id: str
+    depth: int
+    head_ms: float
+    tail_ms: Mapping[int, float] = field(default_factory=dict)
+    bytes: Mapping[str, int] = field(default_factory=dict)
+    reply_bytes: int = 0
+    encode_ms: Mapping[str, float] = field(default_factory=dict)
+    decode_ms: Mapping[str, float] = field(default_factory=dict)
+    accuracy: float = 1.0
+    edge_memory_mb: float = 0.0
+
+    @property
+    def is_edge(self) -> bool:
+        return self.cut_id == "edge"
+
+    def tail_at(self, batch: float) -> float:
+        """Tail latency for a batch of ``batch`` requests (linear interpolation)."""
+        if self.is_edge or not self.tail_ms:
+            return 0.0
+        pts = sorted(self.tail_ms.items())
+        if len(pts) == 1 or batch <= pts[0][0]:
+            b0, t0 = pts[0]
+            return t0 if batch <= b0 or len(pts) == 1 else t0
+        for (b0, t0), (b1, t1) in zip(pts, pts[1:], strict=False):
+            if batch <= b1:
+                return t0 + (t1 - t0) * (batch - b0) / (b1 - b0)
+        (b0, t0), (b1, t1) = pts[-2], pts[-1]
+        return t1 + (t1 - t0) * (batch - b1) / (b1 - b0)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEstimate:
+    """Current uplink/downlink bandwidth (bytes per second) and round-trip time."""
+
+    up_Bps: float
+    down_Bps: float
+    rtt_ms: float
+
+    def transfer_ms(self, up_bytes: float, down_bytes: float) -> float:
+        up = up_bytes / self.up_Bps * 1e3 if up_bytes else 0.0
+        down = down_bytes / self.down_Bps * 1e3 if down_bytes else 0.0
+        return up + down
+
+
+@dataclass(frozen=True, slots=True)
+class CloudEstimate:
+    """Cloud side conditions: expected queueing delay and the batch a request joins."""
+
+    queue_ms: float = 0.0
+    batch: float = 1.0
+    available: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Constraints:
+    """Hard limits a cut must meet.
+
+    Attributes:
+        privacy_floor: minimum cut depth; 1 (default) means raw inputs never leave the
+            device ("cloud" excluded); 0 allows "cloud".
+        accuracy_floor: cuts whose accuracy is below this are excluded.
+        edge_memory_mb: cuts whose head needs more are excluded (0 = no limit).
+        allowed: if not None, only these cut ids are considered.
+    """
+
+    privacy_floor: int = 1
+    accuracy_floor: float = 0.0
+    edge_memory_mb: float = 0.0
+    allowed: frozenset[str] | None = None
+
+    def admits(self, cut: CutProfile) -> bool:
+        if self.allowed is not None and cut.cut_id not in self.allowed:
+            return False
+        if not cut.is_edge and cut.depth < self.privacy_floor:
+            return False
+        if cut.accuracy < self.accuracy_floor:
+            return False
+        return not (self.edge_memory_mb and cut.edge_memory_mb > self.edge_memory_mb)
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    cut_id: str
+    total_ms: float
+    edge_ms: float
+    network_ms: float
+    cloud_ms: float
+
+    def as_dict(self) -> dict[str, float | str]:
+        return {"cut": self.cut_id, "total_ms": self.total_ms, "edge_ms": self.edge_ms,
+                "network_ms": self.network_ms, "cloud_ms": self.cloud_ms}
+
+
+def predict(cut: CutProfile, link: LinkEstimate, cloud: CloudEstimate,
+            codec: str = "raw") -> Prediction:
+    """Predicted end-to-end latency of ``cut`` under the given conditions."""
+    if cut.is_edge:
+        return Prediction(cut.cut_id, cut.head_ms, cut.head_ms, 0.0, 0.0)
+    if not cloud.available:
+        return Prediction(cut.cut_id, math.inf, cut.head_ms, math.inf, math.inf)
+    nbytes = cut.bytes.get(codec, cut.bytes.get("raw", 0))
+    edge = cut.head_ms + cut.encode_ms.get(codec, 0.0)
+    network = link.rtt_ms + link.transfer_ms(nbytes, cut.reply_bytes)
+    cloud_ms = cloud.queue_ms + cut.decode_ms.get(codec, 0.0) + cut.tail_at(cloud.batch)
+    return Prediction(cut.cut_id, edge + network + cloud_ms, edge, network, cloud_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The chosen cut and the full ranking (best first) of admitted cuts."""
+
+    cut_id: str
+    predicted: Prediction
+    ranking: tuple[Prediction, ...]
+
+    @property
+    def margin_ms(self) -> float:
+        """How much slower the runner-up is predicted to be (inf if no runner-up)."""
+        return self.ranking[1].total_ms - self.ranking[0].total_ms if len(self.ranking) > 1 \
+            else math.inf
+
+
+def choose(cuts: Sequence[CutProfile], link: LinkEstimate, cloud: CloudEstimate,
+           constraints: Constraints = Constraints(), codec: str = "raw") -> Decision:
+    """The admitted cut with the lowest predicted latency.
+
+    Raises:
+        ValueError: no cut satisfies the constraints (the message names the constraints).
+    """
+    preds = [predict(c, link, cloud, codec) for c in cuts if constraints.admits(c)]
+    if not preds:
+        raise ValueError(f"no cut satisfies {constraints!r} among {[c.cut_id for c in cuts]}")
+    preds.sort(key=lambda p: (p.total_ms, p.cut_id))
+    return Decision(preds[0].cut_id, preds[0], tuple(preds))
