@@ -11,6 +11,7 @@ inputs. Pure Python/numpy: the edge agent imports this, so no torch.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,9 +67,8 @@ class CutProfile:
             return 0.0
         pts = sorted(self.tail_ms.items())
         if len(pts) == 1 or batch <= pts[0][0]:
-            b0, t0 = pts[0]
-            return t0 if batch <= b0 or len(pts) == 1 else t0
-        for (b0, t0), (b1, t1) in zip(pts, pts[1:], strict=False):
+            return pts[0][1]
+        for (b0, t0), (b1, t1) in itertools.pairwise(pts):
             if batch <= b1:
                 return t0 + (t1 - t0) * (batch - b0) / (b1 - b0)
         (b0, t0), (b1, t1) = pts[-2], pts[-1]
