@@ -15,6 +15,7 @@ from tiersplit import (
     _cli_demo,
     _cli_edge,
     _cli_keys,
+    _cli_link,
     _cli_partition,
     _cli_place,
 )
@@ -39,6 +40,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 _cli_partition.register(app)
 _cli_keys.register(app)
+_cli_link.register(app)
 _cli_cloud.register(app)
 _cli_edge.register(app)
 _cli_place.register(app)
