@@ -21,6 +21,6 @@ def clean_errors(*kinds: type[BaseException]) -> Iterator[None]:
     try:
         yield
     except kinds as e:
-        err_console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        err_console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from e
 

@@ -1,1 +1,99 @@
-"""Shared fixtures: bundles (filled in by its area)."""
+"""Built bundles shared by every area's tests (session scope: each is built once).
+
+``bundle_factory(model="digits_cnn", version="1", max_cuts=4)`` partitions ``zoo:<model>``
+into ONE shared repository root, signed with a session Ed25519 key, so a cloud core can
+load several models and versions from the same root. ``max_cuts`` counts the "cloud" and
+"edge" cuts too (4 = two split cuts: quick to build).
+
+If the same (model, version) is asked for with a different ``max_cuts``, that bundle gets
+the version ``<version>-k<max_cuts>`` (bundles are immutable: one directory cannot hold
+both); ``BuiltBundle.version`` says which.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from partitioner.bundle import Manifest
+
+
+@dataclass(frozen=True)
+class BuiltBundle:
+    """A partitioned, signed zoo bundle.
+
+    Attributes:
+        path: the bundle directory ``root/<name>/<version>``.
+        root: the repository root holding every session bundle.
+        public_key / secret_key: the Ed25519 key files it was signed with.
+        name / version: as in the manifest.
+        manifest: the parsed manifest (cut ids, tensor specs...).
+    """
+
+    path: Path
+    root: Path
+    public_key: Path
+    secret_key: Path
+    name: str
+    version: str
+    manifest: Manifest
+
+
+BundleFactory = Callable[..., BuiltBundle]
+
+
+@pytest.fixture(scope="session")
+def bundle_signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(secret, public) Ed25519 key files that sign every session bundle."""
+    from transport import keys
+
+    return keys.generate("ed25519", tmp_path_factory.mktemp("bundle-keys"), "bundles")
+
+
+@pytest.fixture(scope="session")
+def bundle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one repository root all session bundles are written to."""
+    return tmp_path_factory.mktemp("bundle-repo")
+
+
+@pytest.fixture(scope="session")
+def bundle_factory(bundle_root: Path, bundle_signing_keys: tuple[Path, Path]) -> BundleFactory:
+    """``(model="digits_cnn", version="1", max_cuts=4) -> BuiltBundle``, cached per session."""
+    from partitioner import partition
+    from partitioner.bundle import MANIFEST
+
+    secret, public = bundle_signing_keys
+    built: dict[tuple[str, str, int], BuiltBundle] = {}
+    taken: dict[tuple[str, str], int] = {}
+    lock = threading.Lock()
+
+    def make(model: str = "digits_cnn", version: str = "1", max_cuts: int = 4) -> BuiltBundle:
+        with lock:
+            key = (model, version, max_cuts)
+            if key in built:
+                return built[key]
+            actual_version = version
+            if taken.get((model, version), max_cuts) != max_cuts:
+                actual_version = f"{version}-k{max_cuts}"
+            path = partition(f"zoo:{model}", None, bundle_root, name=model,
+                             version=actual_version, max_cuts=max_cuts, signing_key=secret,
+                             progress=False)
+            taken.setdefault((model, version), max_cuts)
+            manifest = Manifest.model_validate(yaml.safe_load((path / MANIFEST).read_bytes()))
+            built[key] = BuiltBundle(path=path, root=bundle_root, public_key=public,
+                                     secret_key=secret, name=model, version=actual_version,
+                                     manifest=manifest)
+            return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(bundle_factory: BundleFactory) -> BuiltBundle:
+    """``zoo:digits_cnn`` version "1", 4 cuts (cloud, two splits, edge), signed."""
+    return bundle_factory("digits_cnn")

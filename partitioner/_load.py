@@ -1,0 +1,282 @@
+"""Resolve a model reference (zoo name, .onnx file, ``pkg.mod:callable``, nn.Module) to ONNX.
+
+torch models are exported with the TorchScript-based exporter (fast, stable tensor names)
+and, should that fail, with the dynamo exporter; both at opset >= 17 with a dynamic batch
+dimension 0 on every input and output. Failures are re-raised with advice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import io
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from partitioner import zoo
+from partitioner.errors import ExportError, GraphError, UnknownModel
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+BATCH_PARAM = "batch"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A model ready for analysis.
+
+    Attributes:
+        model: ONNX model with a dynamic batch dim 0 on inputs and outputs.
+        source: what the user named ("zoo:digits_cnn", a file name, "pkg.mod:fn").
+        name: default bundle name.
+        task: "classification" or "other".
+        examples: ``(batch, seed) -> {input name: array}`` representative inputs, or None
+            (then random inputs are drawn from the input specs).
+        heldout: ``(inputs, labels)`` for accuracy on real data, or None.
+    """
+
+    model: onnx.ModelProto
+    source: str
+    name: str
+    task: str
+    examples: Callable[[int, int], dict[str, np.ndarray]] | None = None
+    heldout: tuple[dict[str, np.ndarray], np.ndarray] | None = None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def load(model: Any, input_shapes: Sequence[Sequence[int]] | None, *,
+         name: str | None = None, task: str | None = None) -> Loaded:
+    """Resolve ``model`` to ONNX.
+
+    Raises:
+        UnknownModel: unknown zoo name, unimportable callable, missing or non-ONNX file.
+        ExportError: forward or export failed (advice in the message).
+        GraphError: input shapes do not match an ONNX model's inputs.
+    """
+    shapes = [tuple(int(d) for d in s) for s in input_shapes] if input_shapes else None
+    if shapes is not None and any(len(s) == 0 or min(s) <= 0 for s in shapes):
+        raise ValueError(f"input shapes must be positive and include the batch dim: {shapes}")
+    if isinstance(model, str) and model.startswith("zoo:"):
+        return _load_zoo(model[4:], shapes, name, task)
+    if isinstance(model, (str, Path)) and (str(model).endswith(".onnx") or Path(model).is_file()):
+        return _load_onnx(Path(model), shapes, name, task)
+    if isinstance(model, str):
+        module = _import_callable(model)
+        return _from_module(module, shapes, model, name or model.split(":")[-1], task)
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - partition extra always has torch
+        raise UnknownModel("a model object needs torch (pip install tiersplit[partition])") from e
+    if isinstance(model, torch.nn.Module):
+        return _from_module(model, shapes, type(model).__name__, name or type(model).__name__,
+                            task)
+    raise UnknownModel(f"cannot partition a {type(model).__name__}: pass 'zoo:<name>', a path "
+                       "to an .onnx file, 'package.module:callable' or a torch.nn.Module")
+
+
+def _load_zoo(zname: str, shapes, name, task) -> Loaded:
+    zm = zoo.get(zname)
+    if shapes is not None and (len(shapes) != len(zm.input_shapes) or any(
+            tuple(a[1:]) != tuple(b[1:]) for a, b in zip(shapes, zm.input_shapes, strict=False))):
+        want = " ".join("--input-shape " + ",".join(map(str, s)) for s in zm.input_shapes)
+        raise GraphError(f"wrong input shape for zoo:{zname}: got {shapes}, the model takes "
+                         f"{zm.input_shapes} (use {want})")
+    module = zm.build()
+    loaded = _from_module(module, zm.input_shapes, f"zoo:{zname}", name or zname,
+                          task or zm.task, input_names=zm.input_names)
+
+    def examples(batch: int, seed: int) -> dict[str, np.ndarray]:
+        return dict(zip(zm.input_names, zm.example_inputs(batch, seed), strict=True))
+
+    heldout = None
+    if zname == "digits_cnn":
+        x, y = zm.heldout()
+        heldout = ({zm.input_names[0]: x}, y)
+    return Loaded(model=loaded.model, source=loaded.source, name=loaded.name,
+                  task=loaded.task, examples=examples, heldout=heldout)
+
+
+def _import_callable(ref: str) -> Any:
+    if ":" not in ref:
+        raise UnknownModel(f"cannot resolve model {ref!r}: expected 'zoo:<name>', a path to an "
+                           ".onnx file, or 'package.module:callable'")
+    mod_name, _, attr = ref.partition(":")
+    if str(Path.cwd()) not in sys.path and "" not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # like `python -m`: the user's project is importable
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise UnknownModel(f"cannot import module {mod_name!r} for {ref!r}: {_first_line(e)}; "
+                           "check the name and that it is on PYTHONPATH") from e
+    try:
+        fn = getattr(mod, attr)
+    except AttributeError as e:
+        raise UnknownModel(f"module {mod_name!r} has no attribute {attr!r}") from e
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover
+        raise UnknownModel("a callable model needs torch (pip install tiersplit[partition])") from e
+    obj = fn if isinstance(fn, torch.nn.Module) else None
+    if obj is None:
+        if not callable(fn):
+            raise UnknownModel(f"{ref!r} is not callable")
+        try:
+            obj = fn()
+        except Exception as e:
+            raise UnknownModel(f"{ref}() raised {type(e).__name__}: {_first_line(e)}") from e
+    if not isinstance(obj, torch.nn.Module):
+        raise UnknownModel(f"{ref}() returned {type(obj).__name__}, not a torch.nn.Module")
+    return obj
+
+
+def _from_module(module: Any, shapes, source: str, name: str, task: str | None,
+                 input_names: Sequence[str] | None = None) -> Loaded:
+    if not shapes:
+        raise ValueError(f"{source} is a torch model: give its example input shapes "
+                         "(--input-shape 1,3,64,64, once per input)")
+    model = export(module, shapes, input_names=input_names)
+    return Loaded(model=model, source=source, name=name, task=task or "other")
+
+
+class _SkipLegacy(Exception):
+    """Internal: go straight to the dynamo exporter."""
+
+
+def _forward_names(module: Any, n: int) -> list[str]:
+    try:
+        params = [p for p in inspect.signature(module.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    if len(params) >= n and all(p.name.isidentifier() for p in params[:n]):
+        return [p.name for p in params[:n]]
+    return ["input"] if n == 1 else [f"input{i}" for i in range(n)]
+
+
+def export(module: Any, shapes: Sequence[Sequence[int]],
+           input_names: Sequence[str] | None = None, *,
+           exporter: str = "auto") -> onnx.ModelProto:
+    """Export an ``nn.Module`` to ONNX (opset >= 17, dynamic batch dim 0).
+
+    Args:
+        exporter: "auto" (TorchScript exporter, then dynamo if that fails),
+            "torchscript" or "dynamo".
+
+    Raises:
+        ExportError: the forward pass fails on the given shapes, or the exporter(s) fail.
+    """
+    if exporter not in ("auto", "torchscript", "dynamo"):
+        raise ValueError(f"exporter must be auto, torchscript or dynamo, not {exporter!r}")
+    import torch
+
+    module.eval()
+    g = torch.Generator().manual_seed(0)
+    args = tuple(torch.randn(*s, generator=g) for s in shapes)
+    try:
+        with torch.no_grad():
+            out = module(*args)
+    except Exception as e:
+        raise ExportError(f"the model's forward failed on inputs of shape "
+                          f"{[tuple(s) for s in shapes]}: {type(e).__name__}: {_first_line(e)} — "
+                          "check --input-shape (one per model input, batch first)") from e
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    if not outs or not all(isinstance(o, torch.Tensor) for o in outs):
+        raise ExportError("the model must return a tensor or a tuple/list of tensors, got "
+                          f"{type(out).__name__}")
+    in_names = list(input_names) if input_names else _forward_names(module, len(args))
+    out_names = ["output"] if len(outs) == 1 else [f"output{i}" for i in range(len(outs))]
+    dyn = {n: {0: BATCH_PARAM} for n in [*in_names, *out_names]}
+    buf = io.BytesIO()
+    try:
+        if exporter == "dynamo":
+            raise _SkipLegacy
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, buf, dynamo=False, opset_version=OPSET,
+                              input_names=in_names, output_names=out_names,
+                              dynamic_axes=dyn, do_constant_folding=True)
+        return onnx.load_from_string(buf.getvalue())
+    except Exception as legacy_error:
+        if exporter == "torchscript":
+            raise ExportError(f"ONNX export failed: {type(legacy_error).__name__}: "
+                              f"{_first_line(legacy_error)} — try exporter='dynamo'"
+                              ) from legacy_error
+        if not isinstance(legacy_error, _SkipLegacy):
+            log.info("TorchScript export failed (%s); trying the dynamo exporter",
+                     _first_line(legacy_error))
+        try:
+            batch = torch.export.Dim(BATCH_PARAM, min=1)
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                prog = torch.onnx.export(
+                    module, args, dynamo=True, opset_version=max(OPSET, 18),
+                    input_names=in_names, output_names=out_names,
+                    dynamic_shapes=tuple({0: batch} for _ in args), verbose=False)
+            return prog.model_proto
+        except Exception as e:
+            raise ExportError(
+                f"ONNX export failed: {type(e).__name__}: {_first_line(e)} — try a dynamic "
+                "batch-friendly forward (reshape with -1 for the batch, no data-dependent "
+                "Python control flow), or export to .onnx yourself (opset >= 17) and pass the "
+                "file") from e
+
+
+def _load_onnx(path: Path, shapes, name, task) -> Loaded:
+    if not path.is_file():
+        raise UnknownModel(f"no such model file: {path}")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as e:
+        raise UnknownModel(f"{path} is not a valid ONNX model: {_first_line(e)}") from e
+    if not model.graph.node:
+        raise UnknownModel(f"{path} is not a valid ONNX model: the graph has no nodes")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        try:
+            from onnx import version_converter
+
+            model = version_converter.convert_version(model, OPSET)
+        except Exception as e:
+            raise GraphError(f"{path} uses opset {opset}; per-channel int8 needs >= 13 and "
+                             f"conversion failed: {_first_line(e)} — re-export at opset 17") from e
+    weights = {i.name for i in model.graph.initializer}
+    real = [vi for vi in model.graph.input if vi.name not in weights]
+    if shapes is not None:
+        if len(shapes) != len(real):
+            raise GraphError(f"wrong input shape: {path.name} has {len(real)} inputs "
+                             f"({', '.join(v.name for v in real)}), got {len(shapes)} shapes")
+        for vi, s in zip(real, shapes, strict=True):
+            dims = vi.type.tensor_type.shape.dim
+            model_dims = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+            if len(model_dims) != len(s) or any(
+                    m is not None and m != g for m, g in zip(model_dims[1:], s[1:], strict=True)):
+                raise GraphError(f"wrong input shape for {vi.name!r}: got {tuple(s)}, the model "
+                                 f"takes {tuple(d if d is not None else -1 for d in model_dims)}")
+    for vi in [*real, *model.graph.output]:  # make dim 0 the dynamic batch
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].Clear()
+            dims[0].dim_param = BATCH_PARAM
+    if shapes is not None:  # symbolic non-batch dims take the given sizes
+        for vi, s in zip(real, shapes, strict=True):
+            for d, size in zip(list(vi.type.tensor_type.shape.dim)[1:], s[1:], strict=True):
+                if not d.HasField("dim_value"):
+                    d.Clear()
+                    d.dim_value = int(size)
+    del model.graph.value_info[:]  # stale batch-1 shapes would contradict the dynamic batch
+    return Loaded(model=model, source=path.name, name=name or path.stem, task=task or "other")
