@@ -21,9 +21,12 @@ __all__ = [
     "Constraints",
     "CutProfile",
     "Decision",
+    "Endpoint",
+    "EndpointDecision",
     "LinkEstimate",
     "Prediction",
     "choose",
+    "choose_endpoint",
     "predict",
 ]
 
@@ -108,12 +111,18 @@ class Constraints:
         accuracy_floor: cuts whose accuracy is below this are excluded.
         edge_memory_mb: cuts whose head needs more are excluded (0 = no limit).
         allowed: if not None, only these cut ids are considered.
+        regions: if not None, only cloud endpoints in these regions may be used (data
+            residency); see :func:`choose_endpoint`. Cut admission ignores it.
     """
 
     privacy_floor: int = 1
     accuracy_floor: float = 0.0
     edge_memory_mb: float = 0.0
     allowed: frozenset[str] | None = None
+    regions: frozenset[str] | None = None
+
+    def admits_region(self, region: str) -> bool:
+        return self.regions is None or region in self.regions
 
     def admits(self, cut: CutProfile) -> bool:
         if self.allowed is not None and cut.cut_id not in self.allowed:
@@ -179,3 +188,49 @@ def choose(cuts: Sequence[CutProfile], link: LinkEstimate, cloud: CloudEstimate,
         raise ValueError(f"no cut satisfies {constraints!r} among {[c.cut_id for c in cuts]}")
     preds.sort(key=lambda p: (p.total_ms, p.cut_id))
     return Decision(preds[0].cut_id, preds[0], tuple(preds))
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A cloud endpoint the agent may use, with its region and current conditions."""
+
+    name: str
+    region: str
+    link: LinkEstimate
+    cloud: CloudEstimate = CloudEstimate()
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointDecision:
+    """The best (endpoint, cut) pair; ``endpoint`` is None when running locally wins."""
+
+    endpoint: str | None
+    decision: Decision
+
+
+def choose_endpoint(cuts: Sequence[CutProfile], endpoints: Sequence[Endpoint],
+                    constraints: Constraints = Constraints(),
+                    codec: str = "raw") -> EndpointDecision:
+    """The best cut over every endpoint in an allowed region (and local execution).
+
+    Endpoints outside ``constraints.regions`` are never used, even if faster: the
+    region limit is a data-residency rule, not a preference.
+
+    Raises:
+        ValueError: no cut is admitted anywhere (the message names the constraints).
+    """
+    allowed = [e for e in endpoints if constraints.admits_region(e.region)]
+    best: EndpointDecision | None = None
+    for e in allowed:
+        d = choose(cuts, e.link, e.cloud, constraints, codec)
+        if best is None or d.predicted.total_ms < best.decision.predicted.total_ms:
+            best = EndpointDecision(None if d.predicted.cut_id == "edge" else e.name, d)
+    if best is None:
+        local = [c for c in cuts if c.is_edge and constraints.admits(c)]
+        if not local:
+            raise ValueError(f"no endpoint in regions {sorted(constraints.regions or [])} "
+                             f"and no local cut admitted by {constraints!r}")
+        nowhere = LinkEstimate(1.0, 1.0, 0.0)
+        return EndpointDecision(None, choose(local, nowhere, CloudEstimate(available=False),
+                                             constraints, codec))
+    return best
