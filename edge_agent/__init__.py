@@ -1,1 +1,40 @@
-"""edge_agent."""
+"""edge_agent: the daemon on each edge device (no torch: ONNX Runtime, numpy, links).
+
+``EdgeAgent(config).start()`` serves a bundle's heads and int8 full model, places each
+request at the cut the runtime policy predicts fastest, and never loses a request
+(failover to the next cloud endpoint, else local execution). See ``configs/edge.yaml``.
+"""
+
+from edge_agent._agent import EdgeAgent
+from edge_agent.client import LOCAL_PATH, InferResult, RequestHandle
+from edge_agent.config import EdgeConfig, load_config, parse_config
+from edge_agent.errors import (
+    AgentNotReady,
+    BundleRefused,
+    ConfigError,
+    EdgeError,
+    InferenceFailed,
+    InvalidInput,
+    ModelNotFound,
+    Overloaded,
+    Unauthorized,
+)
+
+__all__ = [
+    "LOCAL_PATH",
+    "AgentNotReady",
+    "BundleRefused",
+    "ConfigError",
+    "EdgeAgent",
+    "EdgeConfig",
+    "EdgeError",
+    "InferResult",
+    "InferenceFailed",
+    "InvalidInput",
+    "ModelNotFound",
+    "Overloaded",
+    "RequestHandle",
+    "Unauthorized",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,78 @@
+"""Prometheus metrics of one agent (its own registry: several agents may share a process).
+
+Names:
+    tiersplit_edge_requests_total{path,outcome}   path = cut id, ``edge`` or ``local``;
+                                                  outcome = ok | fallback | error
+    tiersplit_edge_request_seconds{path}          end-to-end latency histogram
+    tiersplit_edge_failovers_total{endpoint,reason}
+    tiersplit_edge_current_cut{cut}               1 for the cut the policy uses now
+    tiersplit_edge_current_cut_depth              its depth (0 = cloud)
+    tiersplit_edge_uplink_bytes_per_second{endpoint}, tiersplit_edge_rtt_ms{endpoint},
+    tiersplit_edge_cloud_queue_ms{endpoint}       the policy's estimates
+    tiersplit_edge_endpoint_connected{endpoint}, tiersplit_edge_breaker_open{endpoint}
+    tiersplit_edge_head_ms{cut}                   measured head latency on the device
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["CONTENT_TYPE", "EdgeMetrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class EdgeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("tiersplit_edge_requests", "Requests by path and outcome",
+                                ["path", "outcome"], registry=r)
+        self.latency = Histogram("tiersplit_edge_request_seconds", "End-to-end latency",
+                                 ["path"], buckets=_BUCKETS, registry=r)
+        self.failovers = Counter("tiersplit_edge_failovers", "Failed cloud attempts",
+                                 ["endpoint", "reason"], registry=r)
+        self.current_cut = Gauge("tiersplit_edge_current_cut", "1 for the current cut",
+                                 ["cut"], registry=r)
+        self.current_depth = Gauge("tiersplit_edge_current_cut_depth",
+                                   "Depth of the current cut", registry=r)
+        self.up = Gauge("tiersplit_edge_uplink_bytes_per_second", "Estimated uplink",
+                        ["endpoint"], registry=r)
+        self.rtt = Gauge("tiersplit_edge_rtt_ms", "Estimated RTT", ["endpoint"], registry=r)
+        self.queue = Gauge("tiersplit_edge_cloud_queue_ms", "Estimated cloud queueing",
+                           ["endpoint"], registry=r)
+        self.connected = Gauge("tiersplit_edge_endpoint_connected", "Link up",
+                               ["endpoint"], registry=r)
+        self.breaker = Gauge("tiersplit_edge_breaker_open", "Breaker open (1) or not",
+                             ["endpoint"], registry=r)
+        self.head_ms = Gauge("tiersplit_edge_head_ms", "Head latency on this device",
+                             ["cut"], registry=r)
+
+    # the sink EdgeClient calls
+    def request(self, path: str, outcome: str, seconds: float) -> None:
+        self.requests.labels(path, outcome).inc()
+        self.latency.labels(path).observe(seconds)
+
+    def failover(self, endpoint: str, reason: str) -> None:
+        self.failovers.labels(endpoint, reason).inc()
+
+    def render(self, status: dict[str, Any]) -> bytes:
+        """Refresh the gauges from an agent status snapshot, then serialise."""
+        policy = status.get("policy", {})
+        current = policy.get("current_cut")
+        for cut_id, info in policy.get("cuts", {}).items():
+            self.current_cut.labels(cut_id).set(1.0 if cut_id == current else 0.0)
+            self.head_ms.labels(cut_id).set(info.get("head_ms", 0.0))
+            if cut_id == current:
+                self.current_depth.set(info.get("depth", 0))
+        for name, est in policy.get("endpoints", {}).items():
+            self.up.labels(name).set(est.get("up_Bps") or 0.0)
+            self.rtt.labels(name).set(est.get("rtt_ms") or 0.0)
+            self.queue.labels(name).set(est.get("queue_ms") or 0.0)
+        for name, ep in status.get("endpoints", {}).items():
+            self.connected.labels(name).set(1.0 if ep.get("connected") else 0.0)
+            self.breaker.labels(name).set(0.0 if ep.get("breaker") == "closed" else 1.0)
+        return generate_latest(self.registry)

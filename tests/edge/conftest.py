@@ -1,0 +1,64 @@
+"""Fixtures of the edge agent tests: a real signed bundle, configs, agents."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.edge._bundle import BuiltBundle, build_bundle
+
+
+@pytest.fixture(scope="session")
+def edge_bundle(tmp_path_factory: pytest.TempPathFactory) -> BuiltBundle:
+    """The small int8 CNN bundle (built once per session, signed with a fresh key)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT's calibration chatter, while building only
+    try:
+        base = tmp_path_factory.mktemp("edge-bundle")
+        keys = base / "keys"
+        keys.mkdir()
+        return build_bundle(base / "repo", keys)
+    finally:
+        root.setLevel(level)
+
+
+def base_config(bundle: BuiltBundle, **overrides: Any) -> dict[str, Any]:
+    """A minimal valid config mapping; ``overrides`` replace top-level sections."""
+    cfg: dict[str, Any] = {
+        "agent_id": "edge-test",
+        "bundle": {"path": str(bundle.path), "public_key": str(bundle.public_key)},
+        "api": {"port": 0},
+        "runtime": {"warmup_runs": 1, "measure_runs": 2, "workers": 2},
+        "policy": {"probe_interval_s": 0.5, "seed": 1},
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.fixture
+def make_agent() -> Iterator[Callable[..., Any]]:
+    """Start agents from config mappings; every one is stopped at teardown."""
+    from edge_agent import EdgeAgent, parse_config
+
+    agents: list[EdgeAgent] = []
+
+    def factory(cfg: dict[str, Any], **kw: Any) -> EdgeAgent:
+        agent = EdgeAgent(parse_config(cfg), **kw)
+        agents.append(agent)
+        return agent.start()
+
+    yield factory
+    for a in agents:
+        with contextlib.suppress(Exception):
+            a.stop(grace=5)
+
+
+@pytest.fixture
+def bundle_dir(edge_bundle: BuiltBundle) -> Path:
+    return edge_bundle.path

@@ -1,0 +1,215 @@
+"""The local KServe v2 API, driven by an unmodified tritonclient.http client and httpx.
+
+These agents have no cloud endpoint: every request runs on the device (path ``edge``).
+The cloud paths are covered by test_integration.py."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.edge._bundle import IN_SHAPE, INPUT, OUTPUT, reference
+from tests.edge.conftest import base_config
+
+httpclient = pytest.importorskip("tritonclient.http")
+
+
+@pytest.fixture
+def agent(edge_bundle, make_agent):
+    return make_agent(base_config(edge_bundle, api={"port": 0, "max_body_bytes": 1 << 20}))
+
+
+def _client(agent) -> httpclient.InferenceServerClient:
+    return httpclient.InferenceServerClient(agent.http_url.removeprefix("http://"))
+
+
+def _inputs(batch: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, *IN_SHAPE)).astype(np.float32)
+
+
+def _close(a: np.ndarray, ref: np.ndarray) -> None:
+    """int8 tolerance: cosine >= 0.99 and max error within 10% of the output range."""
+    cos = float((a * ref).sum() / (np.linalg.norm(a) * np.linalg.norm(ref)))
+    assert cos >= 0.99, cos
+    assert np.abs(a - ref).max() <= 0.1 * np.abs(ref).max()
+
+
+def test_health_and_metadata_through_tritonclient(agent) -> None:
+    c = _client(agent)
+    try:
+        assert c.is_server_live() and c.is_server_ready()
+        assert c.is_model_ready("edge_cnn")
+        assert c.is_model_ready("edge_cnn", "1")
+        assert not c.is_model_ready("nope")
+        meta = c.get_model_metadata("edge_cnn")
+        assert meta["inputs"] == [{"name": INPUT, "datatype": "FP32", "shape": [-1, *IN_SHAPE]}]
+        assert meta["outputs"][0]["name"] == OUTPUT and meta["versions"] == ["1"]
+        assert "binary_tensor_data" in c.get_server_metadata()["extensions"]
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("binary", [True, False])
+@pytest.mark.parametrize("compression", [None, "gzip", "deflate"])
+def test_infer_through_tritonclient(agent, edge_bundle, binary, compression) -> None:
+    x = _inputs(3)
+    c = _client(agent)
+    try:
+        inp = httpclient.InferInput(INPUT, list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        out = httpclient.InferRequestedOutput(OUTPUT, binary_data=binary)
+        res = c.infer("edge_cnn", [inp], outputs=[out], request_id="r-1",
+                      request_compression_algorithm=compression)
+    finally:
+        c.close()
+    y = res.as_numpy(OUTPUT)
+    assert y.shape == (3, 10) and y.dtype == np.float32
+    _close(y, reference(edge_bundle.path, x))
+    resp = res.get_response()
+    assert resp["id"] == "r-1" and resp["model_version"] == "1"
+    params = resp["parameters"]
+    assert params["path"] == "edge" and params["cut"] == "edge"
+    assert params["total_ms"] > 0 and params["local_ms"] > 0
+
+
+def test_infer_default_outputs_are_binary(agent) -> None:
+    c = _client(agent)
+    try:
+        inp = httpclient.InferInput(INPUT, [1, *IN_SHAPE], "FP32")
+        inp.set_data_from_numpy(_inputs(1))
+        res = c.infer("edge_cnn", [inp])  # no outputs named: binary_data_output
+        assert res.as_numpy(OUTPUT).shape == (1, 10)
+    finally:
+        c.close()
+
+
+def test_in_process_infer_handle(agent, edge_bundle) -> None:
+    x = _inputs(2, seed=4)
+    handle = agent.infer({INPUT: x})
+    assert handle.request_id
+    res = handle.result(timeout=30)
+    assert res.path == "edge" and res.endpoint is None
+    _close(res.outputs[OUTPUT], reference(edge_bundle.path, x))
+    status = agent.status()
+    assert status["counts"]["edge"] >= 1
+    assert status["bundle"]["digest"] == agent.runtime.bundle.digest
+
+
+def _post(agent, body: bytes, headers: dict | None = None, model: str = "edge_cnn"):
+    return httpx.post(f"{agent.http_url}/v2/models/{model}/infer", content=body,
+                      headers=headers or {}, timeout=30)
+
+
+def _json_req(shape, data, datatype="FP32") -> bytes:
+    return json.dumps({"inputs": [{"name": INPUT, "shape": shape, "datatype": datatype,
+                                   "data": data}]}).encode()
+
+
+def test_json_infer_with_httpx(agent) -> None:
+    x = _inputs(1)
+    r = _post(agent, _json_req([1, *IN_SHAPE], x.reshape(-1).tolist()))
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["outputs"][0]["shape"] == [1, 10] and len(doc["outputs"][0]["data"]) == 10
+
+
+@pytest.mark.parametrize(("body", "headers", "status", "fragment"), [
+    (b"{not json", {}, 400, "malformed JSON"),
+    (b'{"inputs": 3}', {}, 400, "'inputs' list"),
+    (_json_req([1, *IN_SHAPE], [0.0] * 5), {}, 400, "values for shape"),
+    (_json_req([1, 3, 8, 8], [0.0] * 192), {}, 400, "expected shape"),
+    (_json_req([1, *IN_SHAPE], [0] * 3072, "INT64"), {}, 400, "expected dtype float32"),
+    (_json_req([1, *IN_SHAPE], [0] * 3072, "BYTES"), {}, 400, "datatype 'BYTES'"),
+    (json.dumps({"inputs": [{"name": INPUT, "shape": [1, *IN_SHAPE], "datatype": "FP32",
+                             "parameters": {"binary_data_size": 100}}]}).encode() + b"\0" * 100,
+     "header", 400, "binary_data_size 100"),
+    (json.dumps({"inputs": [{"name": "other", "shape": [1], "datatype": "FP32",
+                             "data": [1.0]}]}).encode(), {}, 400, "missing ['x']"),
+])
+def test_bad_requests_get_400(agent, body, headers, status, fragment) -> None:
+    if headers == "header":
+        headers = {"Inference-Header-Content-Length": str(len(body) - 100)}
+    r = _post(agent, body, headers)
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["error"]
+
+
+def test_binary_size_lies_get_400(agent) -> None:
+    x = _inputs(1)
+    head = json.dumps({"inputs": [{"name": INPUT, "shape": [1, *IN_SHAPE], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    short = head + x.tobytes()[:-8]
+    r = _post(agent, short, {"Inference-Header-Content-Length": str(len(head))})
+    assert r.status_code == 400 and "binary data ends" in r.json()["error"]
+    extra = head + x.tobytes() + b"junk"
+    r = _post(agent, extra, {"Inference-Header-Content-Length": str(len(head))})
+    assert r.status_code == 400 and "not claimed" in r.json()["error"]
+    r = _post(agent, head, {"Inference-Header-Content-Length": str(len(head) + 50)})
+    assert r.status_code == 400
+
+
+def test_oversize_body_gets_413_and_unknown_model_404(agent) -> None:
+    big = b"{" + b" " * (1 << 20) + b"}"
+    r = _post(agent, big)
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+    # a small gzip bomb is caught after decompression
+    import gzip
+
+    bomb = gzip.compress(b"[" + b"0," * (1 << 20) + b"0]")
+    r = _post(agent, bomb, {"Content-Encoding": "gzip"})
+    assert r.status_code == 413
+    r = _post(agent, _json_req([1, *IN_SHAPE], [0.0] * 3072), model="resnet")
+    assert r.status_code == 404 and "edge_cnn" in r.json()["error"]
+    r = httpx.get(f"{agent.http_url}/v2/models/edge_cnn/versions/9", timeout=10)
+    assert r.status_code == 404
+
+
+def test_bearer_token(edge_bundle, make_agent, tmp_path) -> None:
+    token_file = tmp_path / "api.token"
+    token_file.write_text("s3cret\n")
+    os.chmod(token_file, 0o600)
+    agent = make_agent(base_config(edge_bundle, api={"port": 0,
+                                                     "token_file": str(token_file)}))
+    url = agent.http_url
+    assert httpx.get(f"{url}/v2/health/ready", timeout=10).status_code == 200  # probes open
+    assert httpx.get(f"{url}/v2/models/edge_cnn", timeout=10).status_code == 401
+    assert httpx.get(f"{url}/status", timeout=10).status_code == 401
+    bad = {"Authorization": "Bearer nope"}
+    assert httpx.get(f"{url}/v2/models/edge_cnn", headers=bad, timeout=10).status_code == 401
+    c = httpclient.InferenceServerClient(url.removeprefix("http://"))
+    try:
+        inp = httpclient.InferInput(INPUT, [1, *IN_SHAPE], "FP32")
+        inp.set_data_from_numpy(_inputs(1))
+        with pytest.raises(httpclient.InferenceServerException, match="bearer"):
+            c.infer("edge_cnn", [inp])
+        res = c.infer("edge_cnn", [inp], headers={"Authorization": "Bearer s3cret"})
+        assert res.as_numpy(OUTPUT).shape == (1, 10)
+    finally:
+        c.close()
+
+
+def test_token_file_must_be_private(edge_bundle, tmp_path) -> None:
+    from edge_agent import ConfigError, EdgeAgent, parse_config
+
+    token_file = tmp_path / "api.token"
+    token_file.write_text("s3cret")
+    os.chmod(token_file, 0o644)
+    agent = EdgeAgent(parse_config(base_config(edge_bundle, api={
+        "port": 0, "token_file": str(token_file)})))
+    with pytest.raises(ConfigError, match="chmod 600"):
+        agent.start()
+
+
+def test_status_and_metrics(agent) -> None:
+    _post(agent, _json_req([1, *IN_SHAPE], [0.0] * 3072))
+    st = httpx.get(f"{agent.http_url}/status", timeout=10).json()
+    assert st["bundle"]["model"] == "edge_cnn" and st["bundle"]["signed"] is True
+    assert st["current_cut"] == "edge" and st["counts"] == {"edge": 1}
+    assert set(st["policy"]["cuts"]) == {"cloud", "k2", "k4", "k6", "k8", "edge"}
+    m = httpx.get(f"{agent.http_url}/metrics", timeout=10).text
+    assert 'tiersplit_edge_requests_total{outcome="ok",path="edge"} 1.0' in m
+    assert 'tiersplit_edge_current_cut{cut="edge"} 1.0' in m
