@@ -241,8 +241,12 @@ class EdgeAgent:
         host, port = self._sock.getsockname()[:2]
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
+    @property
+    def allow_cut_override(self) -> bool:
+        return self.config.api.allow_cut_override
+
     def infer(self, inputs: dict[str, np.ndarray], deadline_ms: float | None = None,
-              request_id: str | None = None) -> RequestHandle:
+              request_id: str | None = None, cut: str | None = None) -> RequestHandle:
         """Run one request (validated now, executed on a worker).
 
         Raises:
@@ -252,7 +256,7 @@ class EdgeAgent:
         """
         if not self._ready or self.client is None:
             raise AgentNotReady("the edge agent is not running")
-        return self.client.submit(inputs, deadline_ms, request_id)
+        return self.client.submit(inputs, deadline_ms, request_id, cut)
 
     def wait_connected(self, timeout: float = 10.0, count: int = 1) -> bool:
         """Block until ``count`` endpoints are connected (tests, benchmarks)."""

@@ -82,7 +82,10 @@ class Dataplane(Protocol):
     def ready(self) -> bool: ...
 
     def infer(self, inputs: dict[str, np.ndarray], deadline_ms: float | None = None,
-              request_id: str | None = None) -> RequestHandle: ...
+              request_id: str | None = None, cut: str | None = None) -> RequestHandle: ...
+
+    @property
+    def allow_cut_override(self) -> bool: ...
 
     def status(self) -> dict[str, Any]: ...
 
@@ -102,6 +105,7 @@ class InferRequest:
     binary: dict[str, bool]  # output name -> return as binary
     binary_default: bool
     deadline_ms: float | None
+    cut: str | None = None  # "tiersplit_cut" parameter: a per-request override
 
 
 def _shape(value: Any, where: str) -> tuple[int, ...]:
@@ -111,6 +115,9 @@ def _shape(value: Any, where: str) -> tuple[int, ...]:
     if len(value) > 16:
         raise InvalidInput(f"{where}: {len(value)} dimensions (at most 16)")
     return tuple(value)
+
+
+CUT_PARAM = "tiersplit_cut"
 
 
 def _param(obj: Mapping[str, Any], key: str, default: Any = None) -> Any:
@@ -211,7 +218,10 @@ def parse_infer_request(body: bytes, header_length: int | None,
     rid = doc.get("id")
     if rid is not None and not isinstance(rid, str):
         raise InvalidInput("'id' must be a string")
-    return InferRequest(rid, inputs, outputs, flags, binary_default, deadline_ms)
+    cut = _param(doc, CUT_PARAM)
+    if cut is not None and not isinstance(cut, str):
+        raise InvalidInput(f"parameter {CUT_PARAM!r} must be a cut id string")
+    return InferRequest(rid, inputs, outputs, flags, binary_default, deadline_ms, cut)
 
 
 def _v2_datatype(arr: np.ndarray) -> str:
@@ -243,7 +253,7 @@ def encode_infer_response(req: InferRequest, res: InferResult, model: str, versi
             entry["data"] = arr.reshape(-1).tolist()
         outs.append(entry)
     params: dict[str, Any] = {"path": res.path, "cut": res.cut,
-                              "endpoint": res.endpoint or "",
+                              "endpoint": res.endpoint or "", "bytes_sent": res.bytes_sent,
                               "deadline_missed": res.deadline_missed,
                               "explored": res.explored}
     params.update({f"{k}_ms": round(v, 3) for k, v in res.timings.items()})
@@ -373,7 +383,10 @@ def build_app(plane: Dataplane, *, token: str | None = None,
         if bad:
             raise InvalidInput(f"unknown outputs {bad}; the model has {known}")
         # the app's "id" is echoed back, never used on the wire: ids there must be unique
-        handle = plane.infer(req.inputs, req.deadline_ms)
+        if req.cut is not None and not plane.allow_cut_override:
+            raise InvalidInput(f"parameter {CUT_PARAM!r} is refused: per-request cut "
+                               "overrides are off (api.allow_cut_override)")
+        handle = plane.infer(req.inputs, req.deadline_ms, cut=req.cut)
         res = await asyncio.wrap_future(handle.future)
         content, headers = await run_in_threadpool(
             encode_infer_response, req, res, plane.model_name, plane.manifest.version, known)

@@ -173,6 +173,7 @@ class InferResult:
     attempts: list[dict[str, str]] = field(default_factory=list)
     deadline_missed: bool = False
     explored: bool = False
+    bytes_sent: int = 0
 
 
 class RequestHandle:
@@ -295,11 +296,13 @@ class EdgeClient:
     # ---- submission --------------------------------------------------------------
 
     def submit(self, inputs: Mapping[str, np.ndarray], deadline_ms: float | None = None,
-               request_id: str | None = None) -> RequestHandle:
+               request_id: str | None = None, cut: str | None = None) -> RequestHandle:
         """Validate the inputs now, run the request on a worker.
 
         ``request_id`` (default: a fresh UUID) travels to the cloud and must be unique
-        among this agent's requests in flight.
+        among this agent's requests in flight. ``cut`` forces that cut for this request
+        (benchmarks and the demo's all-edge/all-cloud comparison); the caller checks
+        that overrides are allowed.
 
         Raises:
             InvalidInput: inputs do not match the model (before any work is queued).
@@ -308,6 +311,9 @@ class EdgeClient:
         if self._stop.is_set():
             raise Overloaded("the edge agent is stopping")
         x = self.runtime.validate_inputs(inputs)
+        if cut is not None and cut not in self.policy.cuts:
+            raise InvalidInput(f"cut {cut!r} is not a cut of this bundle; expected one of "
+                               f"{sorted(self.policy.cuts)}")
         budget = float(deadline_ms if deadline_ms is not None else self.cfg.deadlines.default_ms)
         if not math.isfinite(budget) or budget <= 0:
             raise InvalidInput(f"deadline_ms must be a positive number, got {deadline_ms}")
@@ -316,7 +322,7 @@ class EdgeClient:
             raise Overloaded(f"more than {self.cfg.runtime.workers * 32} requests queued")
         deadline = time.monotonic() + budget / 1e3
         try:
-            fut = self._pool.submit(self._process, rid, x, deadline, time.monotonic())
+            fut = self._pool.submit(self._process, rid, x, deadline, time.monotonic(), cut)
         except RuntimeError as e:  # pool shut down between the check and here
             self._capacity.release()
             raise Overloaded("the edge agent is stopping") from e
@@ -335,10 +341,10 @@ class EdgeClient:
             self.policy.set_available(ep.name, ep.link.connected and ep.breaker.usable())
 
     def _process(self, rid: str, x: dict[str, np.ndarray], deadline: float,
-                 t0: float) -> InferResult:
+                 t0: float, force: str | None = None) -> InferResult:
         batch = next(iter(x.values())).shape[0]
         self._refresh_availability()
-        choice = self.policy.decide(batch)
+        choice = self.policy.decide(batch, force)
         timings: dict[str, float] = {}
         attempts: list[dict[str, str]] = []
         if choice.cut_id == EDGE_CUT:
@@ -360,7 +366,8 @@ class EdgeClient:
             self.metrics.request(choice.cut_id, "ok", total / 1e3)
             return InferResult(rid, dict(reply.tensors), choice.cut_id, choice.cut_id,
                                ep_name, timings, attempts, time.monotonic() > deadline,
-                               choice.explored)
+                               choice.explored,
+                               int(self.policy.wire_bytes(choice.cut_id) * batch))
         return self._finish_local(rid, x, choice, LOCAL_PATH, timings, attempts, deadline, t0)
 
     def _remote(self, rid: str, choice: Choice, tensors: dict[str, np.ndarray], batch: int,

@@ -95,6 +95,10 @@ class ApiConfig(_Section):
         max_body_bytes: requests larger than this get 413 before being read.
         model_name: the name apps use in ``/v2/models/<name>``; defaults to the
             bundle's model name.
+        allow_cut_override: let a request force its cut with the ``tiersplit_cut``
+            parameter — any cut, including ``cloud`` below the privacy floor (data
+            residency still holds). For benchmarks and the demo's comparisons; off by
+            default, and a request that tries it then gets 400.
     """
 
     host: str = "127.0.0.1"
@@ -103,6 +107,7 @@ class ApiConfig(_Section):
     token_file: Path | None = None
     max_body_bytes: int = Field(64 << 20, gt=0)
     model_name: str | None = None
+    allow_cut_override: bool = False
 
     @model_validator(mode="after")
     def _one_token_source(self) -> ApiConfig:

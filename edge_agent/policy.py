@@ -411,13 +411,21 @@ class Policy:
 
     # ---- decision ----------------------------------------------------------------
 
-    def decide(self, batch: int = 1) -> Choice:
-        """The cut and endpoint order for the next request of ``batch`` samples."""
+    def decide(self, batch: int = 1, force: str | None = None) -> Choice:
+        """The cut and endpoint order for the next request of ``batch`` samples.
+
+        ``force`` (a per-request override the API admits only with
+        ``api.allow_cut_override``) runs that cut without moving the policy's current
+        choice; the reply still teaches the estimators, like exploration does.
+        """
+        if force is not None and force not in self.cuts:
+            raise ValueError(f"cut {force!r} is not a cut of this bundle; expected one of "
+                             f"{sorted(self.cuts)}")
         with self._lock:
-            choice = self._decide(batch)
+            choice = self._decide(batch, force)
             self.decisions += 1
             self.last = choice
-            if not choice.explored:
+            if not choice.explored and force is None:
                 self.current = choice.cut_id
             return choice
 
@@ -426,9 +434,11 @@ class Policy:
         ranked = sorted((p[cut_id].total_ms, name) for name, p in preds.items() if cut_id in p)
         return tuple(name for _, name in ranked)
 
-    def _decide(self, batch: int) -> Choice:
-        preds = self._predictions(batch)
+    def _decide(self, batch: int, force: str | None = None) -> Choice:
         edge = self._edge_prediction(batch)
+        if force is not None:
+            return self._forced(force, batch, edge)
+        preds = self._predictions(batch)
         fixed = self.cfg.fixed_cut
         if fixed is not None:
             if fixed == EDGE_CUT:
@@ -462,6 +472,24 @@ class Policy:
             return Choice(explore, self._order(preds, explore), best[explore], True, "explore")
         return Choice(top_cut, self._order(preds, top_cut) if top_cut != EDGE_CUT else (),
                       top_ms, reason=reason)
+
+    def _forced(self, cut_id: str, batch: int, edge: Prediction) -> Choice:
+        """A per-request override: ``cut_id`` on the best available endpoint, ignoring
+        the privacy floor (the operator allowed it with ``api.allow_cut_override``)."""
+        if cut_id == EDGE_CUT:
+            return Choice(EDGE_CUT, (), edge.total_ms, reason="override")
+        ranked = []
+        for name in self.resident:  # data residency still holds
+            st = self._clouds[name]
+            if not st.available or st.link is None:
+                continue
+            pred = predict(self._profile(self.cuts[cut_id], batch, st), st.link.estimate(),
+                           CloudEstimate(queue_ms=st.queue.get(0.0), batch=1.0), self.codec)
+            ranked.append((pred.total_ms, name))
+        if not ranked:
+            return Choice(EDGE_CUT, (), edge.total_ms, reason="no-endpoint")
+        ranked.sort()
+        return Choice(cut_id, tuple(n for _, n in ranked), ranked[0][0], reason="override")
 
     def _explore(self, ranking: list[tuple[str, float]], top: str, top_ms: float) -> str | None:
         if self.cfg.explore_fraction <= 0 or self._rng.random() >= self.cfg.explore_fraction:

@@ -213,3 +213,39 @@ def test_status_and_metrics(agent) -> None:
     m = httpx.get(f"{agent.http_url}/metrics", timeout=10).text
     assert 'tiersplit_edge_requests_total{outcome="ok",path="edge"} 1.0' in m
     assert 'tiersplit_edge_current_cut{cut="edge"} 1.0' in m
+
+
+def test_cut_override_parameter_is_parsed() -> None:
+    import json as _json
+
+    from edge_agent.api import parse_infer_request
+
+    body = _json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32",
+                                    "data": [1.0, 2.0]}],
+                        "parameters": {"tiersplit_cut": "edge"}}).encode()
+    assert parse_infer_request(body, None).cut == "edge"
+    bad = _json.dumps({"inputs": [], "parameters": {"tiersplit_cut": 3}}).encode()
+    with pytest.raises(Exception, match="tiersplit_cut"):
+        parse_infer_request(bad, None)
+
+
+def _infer_json(agent, params: dict) -> httpx.Response:
+    x = _inputs(1)
+    body = {"inputs": [{"name": INPUT, "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.reshape(-1).tolist()}], "parameters": params}
+    return httpx.post(f"{agent.http_url}/v2/models/edge_cnn/infer", json=body, timeout=30)
+
+
+def test_cut_override_refused_unless_enabled(agent) -> None:
+    r = _infer_json(agent, {"tiersplit_cut": "edge"})
+    assert r.status_code == 400 and "allow_cut_override" in r.text
+    assert _infer_json(agent, {}).status_code == 200  # the agent keeps serving
+
+
+def test_cut_override_forces_the_cut_when_enabled(edge_bundle, make_agent) -> None:
+    a = make_agent(base_config(edge_bundle, api={"port": 0, "allow_cut_override": True}))
+    r = _infer_json(a, {"tiersplit_cut": "edge"})
+    assert r.status_code == 200, r.text
+    assert r.json()["parameters"]["path"] == "edge"
+    r = _infer_json(a, {"tiersplit_cut": "no-such-cut"})
+    assert r.status_code == 400 and "no-such-cut" in r.text
