@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         plot: Path = typer.Option(None, help="Write a latency-over-time PNG here."),
         workdir: Path = typer.Option(Path.home() / ".cache" / "tiersplit" / "demo",
                                      help="Cache for the bundle and the last run's logs."),
-        edge_gmacs: float = typer.Option(0.5, help="Emulated edge speed (GMAC/s)."),
+        edge_gmacs: float = typer.Option(0.1, help="Emulated edge speed (GMAC/s)."),
     ) -> None:
         """Run the whole system on loopback and print the live comparison table."""
         from partitioner.errors import PartitionError

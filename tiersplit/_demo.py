@@ -51,7 +51,7 @@ class DemoOptions:
     plot: Path | None = None
     workdir: Path = Path.home() / ".cache" / "tiersplit" / "demo"
     links: Path | None = None
-    edge_gmacs: float = 0.5  # emulated edge speed: the host is faster than a device
+    edge_gmacs: float = 0.1  # emulated edge speed: the host is faster than a device
     codec: str = "int8+lz4"
     compare_every: int = 4  # every Nth request runs all-edge / all-cloud for comparison
     collapse_to_mbit: float = 0.5
@@ -336,6 +336,7 @@ class Demo:
         try:
             while (now := time.monotonic() - self.t0) < opts.duration:
                 if phase == "steady" and now >= collapse_at:
+                    self._snapshot("phase 1 - steady: each agent on its own link", live)
                     cut_before = victim.current_cut()
                     victim.emulator.set_rate(opts.collapse_to_mbit * 1e6,
                                              opts.collapse_to_mbit * 1e6)
@@ -343,6 +344,7 @@ class Demo:
                                 f"(cut was {cut_before})", live)
                     phase = "collapsed"
                 elif phase == "collapsed" and now >= kill_at:
+                    self._snapshot(f"phase 2 - {victim.name}'s bandwidth collapsed", live)
                     cut_after = victim.current_cut()
                     self._event(f"{victim.name}: cut now {cut_after}; killing the cloud core "
                                 "(SIGKILL)", live)
@@ -357,10 +359,8 @@ class Demo:
             for s in senders:
                 s.join(timeout=60)
             if live:
-                live.update(self.table("final"))
                 live.stop()
-        if not live:
-            self.console.print(self.table("final"))
+        self._snapshot("phase 3 - cloud core killed: agents finish requests locally", live)
         sent = sum(a.sent for a in self.agents)
         ok = sum(a.ok for a in self.agents)
         errors = sum(sum(a.errors.values()) for a in self.agents)
@@ -376,6 +376,10 @@ class Demo:
         if opts.plot:
             self.plot(opts.plot, collapse_at, kill_at)
         return 0 if lost == 0 else 1
+
+    def _snapshot(self, title: str, live: Live | None) -> None:
+        """Print the table as it stands (kept on screen above the live view)."""
+        (live.console if live else self.console).print(self.table(title))
 
     def _event(self, text: str, live: Live | None) -> None:
         self.events.append((time.monotonic() - self.t0, text))
@@ -409,6 +413,9 @@ class Demo:
 def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
     """Run the demo; returns the exit code (0: every request answered, none lost)."""
     console = console or Console()
+    # The children log to their own files; here only the table and events matter.
+    for name in ("transport", "partitioner", "cloud_core", "edge_agent"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     demo = Demo(opts, console)
     try:
         demo.start()
