@@ -8,6 +8,7 @@ thread-safe.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -55,6 +56,13 @@ class ServerLink(ABC):
     def endpoints(self) -> list[str]:
         """The concrete addresses bound (ports resolved), for agents to connect to."""
 
+    def reload_allowed(self) -> int:
+        """Re-read the agent allow-list at run time; returns how many agents it allows.
+
+        Links without an allow-list return 0. (Added after the first contract; the ZeroMQ
+        and MQTT links override it.)"""
+        return 0
+
 
 @dataclass(slots=True)
 class PingResult:
@@ -90,3 +98,12 @@ class ClientLink(ABC):
 
     def on_state_change(self, callback: Callable[[bool], None]) -> None:  # noqa: B027
         """Optional hook: called with the new ``connected`` value when it changes."""
+
+    def wait_connected(self, timeout: float = 5.0) -> bool:
+        """Block until ``connected`` (True) or ``timeout`` seconds pass (False).
+
+        (Added after the first contract; the links override it with a condition wait.)"""
+        deadline = time.monotonic() + timeout
+        while not self.connected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.connected

@@ -1,0 +1,23 @@
+"""bench/transport.py --quick runs end to end (so the figures it prints cannot rot)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_transport_bench_quick_runs() -> None:
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "transport.py"), "--quick"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for needle in ("1. Codec cost", "2. Links over loopback", "ZMQ plaintext", "ZMQ Curve",
+                   "3. Framework overhead", "4. Bytes on the wire", "int8+lz4 = "):
+        assert needle in r.stdout, needle
+    ratio = float(r.stdout.split("int8+lz4 = ")[1].split(" x raw")[0])
+    assert ratio <= 0.3

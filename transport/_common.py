@@ -1,0 +1,258 @@
+"""Pieces both links share, free of any socket: the table of requests in flight on the
+client, the server-side dispatch of decoded frames, and a self-pipe to wake a poller."""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from typing import Any
+
+from transport import wire
+from transport.base import PingResult, ServerHandler
+from transport.errors import LinkTimeout, TransportError, WireError
+from transport.messages import Ping, Pong, Reply, Request, Status
+
+__all__ = ["Pending", "Waker", "dispatch_client", "dispatch_server", "refuse", "settle"]
+
+log = logging.getLogger(__name__)
+
+
+def settle(fut: Future, result: Any = None, exc: BaseException | None = None) -> bool:
+    """Resolve ``fut`` unless something else already did (timeouts race replies)."""
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+        return True
+    except InvalidStateError:
+        return False
+
+
+class Pending:
+    """Requests and pings in flight on one client link, with their deadlines."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: dict[str, Future[Reply]] = {}
+        self._pings: dict[int, tuple[Future[PingResult], float, int]] = {}
+        self._deadlines: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._nonces = itertools.count(1)
+
+    def add(self, request_id: str, deadline: float) -> Future[Reply]:
+        fut: Future[Reply] = Future()
+        fut.set_running_or_notify_cancel()
+        with self._lock:
+            if request_id in self._requests:
+                settle(fut, exc=ValueError(f"request id {request_id!r} already in flight"))
+                return fut
+            self._requests[request_id] = fut
+            heapq.heappush(self._deadlines, (deadline, next(self._seq), request_id))
+        return fut
+
+    def discard(self, request_id: str, exc: BaseException) -> None:
+        with self._lock:
+            fut = self._requests.pop(request_id, None)
+        if fut is not None:
+            settle(fut, exc=exc)
+
+    def add_ping(self, up_bytes: int) -> tuple[int, Future[PingResult]]:
+        fut: Future[PingResult] = Future()
+        fut.set_running_or_notify_cancel()
+        with self._lock:
+            nonce = next(self._nonces)
+            self._pings[nonce] = (fut, time.perf_counter(), up_bytes)
+        return nonce, fut
+
+    def drop_ping(self, nonce: int) -> None:
+        with self._lock:
+            self._pings.pop(nonce, None)
+
+    def resolve(self, reply: Reply) -> None:
+        with self._lock:
+            fut = self._requests.pop(reply.request_id, None)
+        if fut is None:
+            log.debug("reply for unknown or expired request %s dropped", reply.request_id)
+        else:
+            settle(fut, reply)
+
+    def resolve_pong(self, pong: Pong, down_bytes: int) -> None:
+        with self._lock:
+            entry = self._pings.pop(pong.nonce, None)
+        if entry is not None:
+            fut, t0, up = entry
+            settle(fut, PingResult(rtt_ms=(time.perf_counter() - t0) * 1000.0,
+                                   up_bytes=up, down_bytes=down_bytes, load=pong.load))
+
+    def expire(self, now: float | None = None) -> float | None:
+        """Fail requests past their deadline; return the next deadline, if any."""
+        now = time.time() if now is None else now
+        expired = []
+        with self._lock:
+            while self._deadlines:
+                deadline, _, rid = self._deadlines[0]
+                if rid not in self._requests:
+                    heapq.heappop(self._deadlines)
+                    continue
+                if deadline > now:
+                    break
+                heapq.heappop(self._deadlines)
+                expired.append(self._requests.pop(rid))
+            nxt = self._deadlines[0][0] if self._deadlines else None
+        for fut in expired:
+            settle(fut, exc=LinkTimeout("no reply before the request deadline"))
+        return nxt
+
+    def fail_all(self, exc_factory: Callable[[], BaseException]) -> int:
+        with self._lock:
+            futs = list(self._requests.values()) + [p[0] for p in self._pings.values()]
+            self._requests.clear()
+            self._pings.clear()
+            self._deadlines.clear()
+        for fut in futs:
+            settle(fut, exc=exc_factory())
+        return len(futs)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._requests)
+
+
+class Waker:
+    """A self-pipe: other threads wake an I/O thread blocked in poll()."""
+
+    def __init__(self) -> None:
+        self.fd, self._w = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._w, False)
+        self._armed = False
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def wake(self) -> None:
+        with self._lock:  # never write to a closed (and possibly reused) descriptor
+            if self._armed or self._closed:
+                return
+            self._armed = True
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._w, b"x")
+
+    def drain(self) -> None:
+        with self._lock:
+            self._armed = False
+            with contextlib.suppress(BlockingIOError, OSError):
+                while os.read(self.fd, 4096):
+                    pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for fd in (self.fd, self._w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def dispatch_server(frames: Sequence[Any], agent_id: str | None, handler: ServerHandler,
+                    limits: wire.WireLimits, send: Callable[[Reply | Pong], None],
+                    trust_claimed_id: bool = False) -> None:
+    """Decode one incoming message and hand it to the handler, or refuse it.
+
+    Args:
+        frames: the message frames.
+        agent_id: the authenticated agent id (None when the link has none).
+        handler: the cloud core.
+        limits: decoder bounds.
+        send: how to answer this peer (called with a Reply or a Pong).
+        trust_claimed_id: plaintext links take the agent id the request claims.
+    """
+    try:
+        msg = wire.decode(frames, limits)
+    except WireError as e:
+        rid = wire.peek_request_id(frames)
+        log.info("refused a malformed message from %s: %s", agent_id, e)
+        handler.on_reject(e.reason, agent_id)
+        if rid is not None:
+            send(Reply(request_id=rid, status=e.status, error=str(e)))
+        return
+    if isinstance(msg, Request):
+        if not trust_claimed_id or agent_id is not None:
+            msg.agent_id = agent_id or ""
+        responder = _OnceResponder(send, msg.request_id)
+        try:
+            handler.on_request(msg, responder)
+        except Exception as e:
+            # A request always ends in a result or an explicit error, never in silence.
+            log.exception("handler.on_request failed for request %s", msg.request_id)
+            with contextlib.suppress(RuntimeError):
+                responder.send(Reply(request_id=msg.request_id, status=Status.INTERNAL,
+                                     error=f"server error: {type(e).__name__}"))
+    elif isinstance(msg, Ping):
+        try:
+            load = handler.load()
+        except Exception:  # a failing load report must not kill the I/O thread
+            log.exception("handler.load() failed; pong without load")
+            load = None
+        send(Pong(nonce=msg.nonce, sent_at=msg.sent_at, server_time=time.time(),
+                  received_bytes=len(msg.payload), load=load,
+                  payload=bytes(msg.reply_bytes)))
+    else:
+        handler.on_reject("unexpected_message", agent_id)
+
+
+def refuse(frames: Sequence[Any], agent_id: str | None, handler: ServerHandler,
+           reason: str, error: TransportError, send: Callable[[Reply], None]) -> None:
+    """Count a refused message and answer it when its request id can be read."""
+    handler.on_reject(reason, agent_id)
+    rid = wire.peek_request_id(frames)
+    if rid is not None:
+        send(Reply(request_id=rid, status=error.status, error=str(error)))
+
+
+class _OnceResponder:
+    """Responder for one request: refuses a second reply (it would confuse the agent)."""
+
+    __slots__ = ("_done", "_lock", "_rid", "_send")
+
+    def __init__(self, send: Callable[[Reply], None], request_id: str) -> None:
+        self._send, self._rid = send, request_id
+        self._done = False
+        self._lock = threading.Lock()
+
+    def send(self, reply: Reply) -> None:
+        with self._lock:
+            if self._done:
+                raise RuntimeError(f"request {self._rid!r} already answered")
+            self._done = True
+        if reply.request_id != self._rid:
+            reply.request_id = self._rid
+        self._send(reply)
+
+
+def dispatch_client(frames: Sequence[Any], pending: Pending, limits: wire.WireLimits,
+                    nbytes: int) -> None:
+    """Route one message from the cloud to the future waiting for it."""
+    try:
+        msg = wire.decode(frames, limits)
+    except WireError as e:
+        rid = wire.peek_request_id(frames)
+        log.warning("undecodable reply from the cloud: %s", e)
+        if rid is not None:
+            pending.discard(rid, e)
+        return
+    if isinstance(msg, Reply):
+        pending.resolve(msg)
+    elif isinstance(msg, Pong):
+        pending.resolve_pong(msg, nbytes)
+    else:
+        log.warning("unexpected %s from the cloud dropped", type(msg).__name__)
+

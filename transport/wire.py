@@ -1,0 +1,405 @@
+"""Wire format: messages to frames and back. Pure functions, no sockets.
+
+A message is a list of frames::
+
+    frame 0      b"\\x01" (wire version) + kind byte + UTF-8 JSON header
+    frame 1..n   one buffer per tensor (request/reply), in header order
+                 or one payload frame (ping/pong)
+
+The header of a request/reply lists its tensors as ``{"n": name, "d": dtype, "s": shape,
+"c": codec, ...codec params}``. ``raw`` tensors are sent as memoryviews of the caller's
+arrays and decoded as ``np.frombuffer`` views over the received frames (zero-copy both
+ways; the decoded arrays are read-only when the frames are). Lossy codecs decode to
+float32 (see :mod:`transport.codecs`).
+
+Decoding is strict and checks sizes declared by the header against :class:`WireLimits`
+*before* allocating anything; every violation raises a subclass of
+:class:`transport.errors.WireError`, never another exception.
+
+For transports that move one payload per message (MQTT), :func:`pack_frames` and
+:func:`unpack_frames` join and split frames (length-prefixed, zero-copy on split).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from transport import codecs
+from transport.errors import CodecError, DTypeError, LimitError, VersionError, WireError
+from transport.messages import LoadReport, Message, Ping, Pong, Reply, Request, Status
+
+__all__ = [
+    "ALLOWED_DTYPES",
+    "WIRE_VERSION",
+    "WireLimits",
+    "decode",
+    "encode",
+    "pack_frames",
+    "peek_request_id",
+    "unpack_frames",
+    "wire_bytes",
+]
+
+WIRE_VERSION = 1
+_KIND_REQUEST, _KIND_REPLY, _KIND_PING, _KIND_PONG = 1, 2, 3, 4
+
+#: dtypes a tensor may have on the wire (little-endian on the wire whatever the host).
+ALLOWED_DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(name).newbyteorder("<")
+    for name in ("float32", "float16", "float64", "int8", "uint8", "int16", "int32",
+                 "int64", "bool")
+}
+_MAX_STR = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class WireLimits:
+    """Bounds a decoder enforces before allocating.
+
+    Attributes:
+        max_header_bytes: size of frame 0 (version, kind, JSON header).
+        max_tensors: tensors in one message.
+        max_tensor_bytes: decoded size of one tensor (and of its uncompressed payload).
+        max_total_bytes: decoded size of all tensors (or a ping payload/padding) together.
+        max_ndim: rank of one tensor.
+    """
+
+    max_header_bytes: int = 64 * 1024
+    max_tensors: int = 64
+    max_tensor_bytes: int = 64 * 1024 * 1024
+    max_total_bytes: int = 64 * 1024 * 1024
+    max_ndim: int = 8
+
+
+# ----------------------------------------------------------------------------- encode
+
+def _tensor_frames(tensors: dict[str, np.ndarray], spec: codecs.CodecSpec
+                   ) -> tuple[list[dict[str, Any]], list[bytes | memoryview]]:
+    descs: list[dict[str, Any]] = []
+    frames: list[bytes | memoryview] = []
+    for name, value in tensors.items():
+        arr = np.asarray(value)
+        if arr.dtype.name not in ALLOWED_DTYPES:
+            raise DTypeError(f"tensor {name!r}: dtype {arr.dtype} not allowed on the wire; "
+                             f"allowed {sorted(ALLOWED_DTYPES)}")
+        t_spec = spec.for_array(arr.dtype, arr.ndim)
+        desc: dict[str, Any] = {"n": str(name), "d": arr.dtype.name, "s": list(arr.shape),
+                                "c": str(t_spec)}
+        if t_spec.base == "raw":
+            wire_dtype = ALLOWED_DTYPES[arr.dtype.name]
+            # Only non-contiguous or big-endian arrays are copied; the rest is a view.
+            arr = np.ascontiguousarray(arr, dtype=wire_dtype)
+            payload: bytes | memoryview = memoryview(arr.reshape(-1).view(np.uint8))
+        else:
+            payload, params = codecs.quantize(arr, t_spec.base)
+            desc.update(params)
+        if t_spec.compressor is not None:
+            payload = codecs.compress(payload, t_spec.compressor)
+        descs.append(desc)
+        frames.append(payload)
+    return descs, frames
+
+
+def _head(kind: int, header: dict[str, Any]) -> bytes:
+    body = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    return bytes((WIRE_VERSION, kind)) + body
+
+
+def encode(msg: Message, codec: str | None = None) -> list[bytes | memoryview]:
+    """Frames for ``msg``.
+
+    Args:
+        msg: a Request, Reply, Ping or Pong.
+        codec: codec spec for the tensors; defaults to ``request.codec`` for requests and
+            ``"raw"`` for replies (the cloud answers with what the tail produced).
+
+    Raises:
+        DTypeError: a tensor dtype outside :data:`ALLOWED_DTYPES`.
+        CodecError: unknown codec spec.
+    """
+    if isinstance(msg, Request):
+        descs, frames = _tensor_frames(msg.tensors, codecs.parse_spec(codec or msg.codec))
+        head = _head(_KIND_REQUEST, {
+            "id": msg.request_id, "agent": msg.agent_id, "model": msg.model,
+            "version": msg.version, "digest": msg.digest, "cut": msg.cut,
+            "deadline": float(msg.deadline), "codec": codec or msg.codec,
+            "sent_at": float(msg.sent_at), "t": descs})
+        return [head, *frames]
+    if isinstance(msg, Reply):
+        descs, frames = _tensor_frames(msg.tensors, codecs.parse_spec(codec or "raw"))
+        head = _head(_KIND_REPLY, {
+            "id": msg.request_id, "status": int(msg.status), "error": msg.error,
+            "queue_ms": float(msg.queue_ms), "compute_ms": float(msg.compute_ms),
+            "t": descs})
+        return [head, *frames]
+    if isinstance(msg, Ping):
+        return [_head(_KIND_PING, {"nonce": int(msg.nonce), "sent_at": float(msg.sent_at),
+                                   "reply_bytes": int(msg.reply_bytes)}), msg.payload]
+    if isinstance(msg, Pong):
+        load = None
+        if msg.load is not None:
+            load = {"queue_depth": int(msg.load.queue_depth),
+                    "queue_ms": float(msg.load.queue_ms),
+                    "utilisation": float(msg.load.utilisation),
+                    "inflight": int(msg.load.inflight)}
+        return [_head(_KIND_PONG, {"nonce": int(msg.nonce), "sent_at": float(msg.sent_at),
+                                   "server_time": float(msg.server_time),
+                                   "received_bytes": int(msg.received_bytes),
+                                   "load": load}), msg.payload]
+    raise TypeError(f"cannot encode {type(msg).__name__}")
+
+
+def wire_bytes(frames: Sequence[bytes | memoryview]) -> int:
+    """Total payload bytes of a frame list (what a link moves, before its own framing)."""
+    return sum(memoryview(f).nbytes for f in frames)
+
+
+# ----------------------------------------------------------------------------- decode
+
+def _buf(frame: Any) -> memoryview:
+    """A flat byte view of a frame: bytes, memoryview or a zmq.Frame-like buffer."""
+    try:
+        mv = memoryview(getattr(frame, "buffer", frame))
+    except TypeError:
+        raise WireError(f"frame of type {type(frame).__name__} is not a buffer") from None
+    if mv.ndim != 1 or mv.itemsize != 1:
+        mv = mv.cast("B") if mv.c_contiguous else memoryview(mv.tobytes())
+    return mv
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name}")
+
+
+def _parse_head(frames: Sequence[Any], limits: WireLimits) -> tuple[int, dict[str, Any]]:
+    if not isinstance(frames, Sequence) or len(frames) == 0:
+        raise WireError("empty message")
+    if len(frames) > limits.max_tensors + 1:
+        raise LimitError(f"{len(frames)} frames; at most {limits.max_tensors + 1} allowed")
+    head = _buf(frames[0])
+    if len(head) < 2:
+        raise WireError("header frame shorter than 2 bytes")
+    if head[0] != WIRE_VERSION:
+        raise VersionError(f"wire version {head[0]}, expected {WIRE_VERSION}")
+    kind = head[1]
+    if kind not in (_KIND_REQUEST, _KIND_REPLY, _KIND_PING, _KIND_PONG):
+        raise WireError(f"unknown message kind {kind}")
+    if len(head) > limits.max_header_bytes:
+        raise LimitError(f"header of {len(head)} bytes exceeds {limits.max_header_bytes}")
+    try:
+        header = json.loads(bytes(head[2:]).decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        raise WireError(f"header is not valid JSON ({type(e).__name__})") from None
+    if not isinstance(header, dict):
+        raise WireError("header is not a JSON object")
+    return kind, header
+
+
+def _str(h: dict[str, Any], key: str, default: str | None = None) -> str:
+    v = h.get(key, default)
+    if not isinstance(v, str) or len(v) > _MAX_STR:
+        raise WireError(f"header field {key!r} must be a string of at most {_MAX_STR} chars")
+    return v
+
+
+def _num(h: dict[str, Any], key: str, default: float | None = None) -> float:
+    v = h.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise WireError(f"header field {key!r} must be a number")
+    v = float(v) if isinstance(v, float) or abs(v) < 2 ** 63 else math.inf
+    if not math.isfinite(v):
+        raise WireError(f"header field {key!r} must be finite")
+    return v
+
+
+def _int(h: dict[str, Any], key: str, default: int | None = None, lo: int = 0,
+         hi: int = 2 ** 63 - 1) -> int:
+    v = h.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise WireError(f"header field {key!r} must be an integer in [{lo}, {hi}]")
+    return v
+
+
+def _decode_tensors(header: dict[str, Any], frames: Sequence[Any], limits: WireLimits
+                    ) -> dict[str, np.ndarray]:
+    descs = header.get("t", [])
+    if not isinstance(descs, list):
+        raise WireError("header field 't' must be a list of tensor descriptors")
+    if len(descs) > limits.max_tensors:
+        raise LimitError(f"{len(descs)} tensors; at most {limits.max_tensors} allowed")
+    if len(frames) != 1 + len(descs):
+        raise WireError(f"header lists {len(descs)} tensors but {len(frames) - 1} "
+                        f"data frames arrived")
+    # Pass 1: validate every descriptor and the totals before decoding anything.
+    plan = []
+    total = 0
+    for i, d in enumerate(descs):
+        if not isinstance(d, dict):
+            raise WireError(f"tensor descriptor {i} is not an object")
+        name = _str(d, "n")
+        dname = _str(d, "d")
+        if dname not in ALLOWED_DTYPES:
+            raise DTypeError(f"tensor {name!r}: dtype {dname!r} not in the allow-list")
+        dtype = ALLOWED_DTYPES[dname]
+        shape = d.get("s")
+        if (not isinstance(shape, list) or len(shape) > limits.max_ndim
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                           for x in shape)):
+            raise WireError(f"tensor {name!r}: shape must be a list of at most "
+                            f"{limits.max_ndim} non-negative integers")
+        shape_t = tuple(shape)
+        spec = codecs.parse_spec(_str(d, "c"))
+        if spec.for_array(dtype, len(shape_t)) != spec:
+            raise CodecError(f"tensor {name!r}: codec {spec} does not apply to {dname} "
+                             f"of rank {len(shape_t)}")
+        axis = 0
+        if spec.base == "int8c":
+            axis = _int(d, "ax", lo=0, hi=max(len(shape_t) - 1, 0))
+        n = math.prod(shape_t)
+        out_bytes = n * (dtype.itemsize if spec.base == "raw" else 4)
+        payload_bytes = codecs.encoded_size(shape_t, dtype, spec.base, axis)
+        if max(out_bytes, payload_bytes) > limits.max_tensor_bytes:
+            raise LimitError(f"tensor {name!r} declares {max(out_bytes, payload_bytes)} "
+                             f"bytes; limit {limits.max_tensor_bytes}")
+        total += out_bytes
+        if total > limits.max_total_bytes:
+            raise LimitError(f"tensors declare more than {limits.max_total_bytes} bytes")
+        buf = _buf(frames[1 + i])
+        if spec.compressor is None and len(buf) != payload_bytes:
+            raise WireError(f"tensor {name!r}: shape {shape_t} x {dname} with codec {spec} "
+                            f"needs {payload_bytes} bytes, frame has {len(buf)}")
+        if spec.compressor is not None and len(buf) > limits.max_tensor_bytes:
+            raise LimitError(f"tensor {name!r}: compressed frame of {len(buf)} bytes "
+                             f"exceeds {limits.max_tensor_bytes}")
+        plan.append((name, dtype, shape_t, spec, axis, payload_bytes, buf, d))
+    names = [p[0] for p in plan]
+    if len(set(names)) != len(names):
+        raise WireError("duplicate tensor names")
+    # Pass 2: decode (allocation now bounded by the checks above).
+    out: dict[str, np.ndarray] = {}
+    for name, dtype, shape_t, spec, axis, payload_bytes, buf, d in plan:
+        if spec.compressor is not None:
+            buf = codecs.decompress(buf, spec.compressor, payload_bytes)
+        if spec.base == "raw":
+            out[name] = np.frombuffer(buf, dtype=dtype).reshape(shape_t)
+        else:
+            out[name] = codecs.dequantize(buf, shape_t, spec.base, {**d, "ax": axis})
+    return out
+
+
+def _payload(frames: Sequence[Any], limits: WireLimits) -> bytes:
+    if len(frames) != 2:
+        raise WireError(f"ping/pong needs 2 frames, got {len(frames)}")
+    buf = _buf(frames[1])
+    if len(buf) > limits.max_total_bytes:
+        raise LimitError(f"probe payload of {len(buf)} bytes exceeds {limits.max_total_bytes}")
+    return bytes(buf)
+
+
+def decode(frames: Sequence[Any], limits: WireLimits = WireLimits()) -> Message:
+    """Decode frames into a message, strictly.
+
+    Args:
+        frames: bytes, memoryviews or zmq.Frame-like buffers, as received.
+        limits: bounds checked before any allocation.
+
+    Raises:
+        WireError: (or a subclass) for anything malformed, lying or oversize.
+    """
+    try:
+        kind, h = _parse_head(frames, limits)
+        if kind == _KIND_REQUEST:
+            return Request(
+                request_id=_str(h, "id"), agent_id=_str(h, "agent", ""),
+                model=_str(h, "model"), version=_str(h, "version", ""),
+                digest=_str(h, "digest", ""), cut=_str(h, "cut"),
+                deadline=_num(h, "deadline"), codec=_str(h, "codec", "raw"),
+                sent_at=_num(h, "sent_at", 0.0), tensors=_decode_tensors(h, frames, limits))
+        if kind == _KIND_REPLY:
+            code = _int(h, "status", lo=0, hi=max(Status))
+            return Reply(
+                request_id=_str(h, "id"), status=Status(code), error=_str(h, "error", ""),
+                queue_ms=_num(h, "queue_ms", 0.0), compute_ms=_num(h, "compute_ms", 0.0),
+                tensors=_decode_tensors(h, frames, limits))
+        if kind == _KIND_PING:
+            return Ping(nonce=_int(h, "nonce"), sent_at=_num(h, "sent_at"),
+                        reply_bytes=_int(h, "reply_bytes", 0, hi=limits.max_total_bytes),
+                        payload=_payload(frames, limits))
+        load_h = h.get("load")
+        load = None
+        if load_h is not None:
+            if not isinstance(load_h, dict):
+                raise WireError("pong 'load' must be an object or null")
+            load = LoadReport(queue_depth=_int(load_h, "queue_depth", 0),
+                              queue_ms=_num(load_h, "queue_ms", 0.0),
+                              utilisation=_num(load_h, "utilisation", 0.0),
+                              inflight=_int(load_h, "inflight", 0))
+        return Pong(nonce=_int(h, "nonce"), sent_at=_num(h, "sent_at"),
+                    server_time=_num(h, "server_time"),
+                    received_bytes=_int(h, "received_bytes"), load=load,
+                    payload=_payload(frames, limits))
+    except WireError:
+        raise
+    except (ValueError, TypeError, OverflowError, MemoryError, IndexError, KeyError) as e:
+        # Defence in depth: anything the explicit checks missed is still a wire error.
+        raise WireError(f"malformed message ({type(e).__name__})") from None
+
+
+def peek_request_id(frames: Sequence[Any]) -> str | None:
+    """The request id of a (possibly undecodable) request, so a server can answer it."""
+    try:
+        kind, h = _parse_head(frames, WireLimits())
+    except WireError:
+        return None
+    rid = h.get("id") if kind in (_KIND_REQUEST, _KIND_REPLY) else None
+    return rid if isinstance(rid, str) and len(rid) <= _MAX_STR else None
+
+
+# ----------------------------------------------------------------------------- packing
+
+_COUNT = struct.Struct("<I")
+_LEN = struct.Struct("<Q")
+
+
+def pack_frames(frames: Sequence[bytes | memoryview]) -> bytes:
+    """Join frames into one payload: u32 count, u64 lengths, then the frames."""
+    views = [memoryview(f).cast("B") if memoryview(f).ndim != 1 or memoryview(f).itemsize != 1
+             else memoryview(f) for f in frames]
+    head = _COUNT.pack(len(views)) + b"".join(_LEN.pack(len(v)) for v in views)
+    return b"".join([head, *views])
+
+
+def unpack_frames(payload: bytes | memoryview, limits: WireLimits = WireLimits()
+                  ) -> list[memoryview]:
+    """Split a :func:`pack_frames` payload into zero-copy views.
+
+    Raises:
+        WireError: counts or lengths that do not add up to the payload.
+    """
+    buf = memoryview(payload).cast("B") if not isinstance(payload, bytes) else memoryview(
+        payload)
+    if len(buf) < _COUNT.size:
+        raise WireError("packed payload shorter than its frame count")
+    (count,) = _COUNT.unpack_from(buf, 0)
+    if count == 0 or count > limits.max_tensors + 1:
+        raise LimitError(f"packed payload declares {count} frames")
+    off = _COUNT.size + count * _LEN.size
+    if len(buf) < off:
+        raise WireError("packed payload truncated in its length table")
+    out = []
+    for i in range(count):
+        (n,) = _LEN.unpack_from(buf, _COUNT.size + i * _LEN.size)
+        if n > len(buf) - off:
+            raise WireError("packed payload truncated: a frame runs past the end")
+        out.append(buf[off:off + n])
+        off += n
+    if off != len(buf):
+        raise WireError(f"packed payload has {len(buf) - off} trailing bytes")
+    return out

@@ -1,0 +1,559 @@
+"""ZeroMQ link: the cloud binds ROUTER, agents connect DEALER; CurveZMQ by default.
+
+Authentication is pyzmq's ZAP (:class:`zmq.auth.thread.ThreadAuthenticator`) with a
+callback over an allow-list read from a directory of agent Curve certificates named
+``<agent_id>.pub``. An unknown key fails the handshake, so its frames never reach the
+server's socket, let alone the handler. The authenticated ``User-Id`` of each message
+(the client's public key) is mapped to an agent id through the *current* allow-list on
+every message, so a key removed or replaced at run time
+(:meth:`ZmqServerLink.reload_allowed`) stops getting compute on an established
+connection too.
+
+Heartbeats (ZMQ_HEARTBEAT_IVL/TIMEOUT/TTL) on both sides make a lost peer visible within
+``heartbeat_timeout_ms``: the client's ``connected`` flips to False and requests in
+flight fail with :class:`~transport.errors.LinkClosed`. DEALER reconnects by itself when
+the server comes back. Requests submitted while not connected fail at once with
+``LinkClosed`` (ZMQ_IMMEDIATE), so an agent can fail over without waiting.
+
+Each link owns one I/O thread and one zmq context (ZAP is per context); other threads
+hand it outgoing frames through a queue and a self-pipe. ``handler.on_reject("unknown_key",
+None)`` is called from the ZAP thread, every other handler call from the I/O thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.auth.thread
+from zmq.utils.monitor import recv_monitor_message
+
+from transport import keys, wire
+from transport._common import Pending, Waker, dispatch_client, dispatch_server, refuse
+from transport.base import ClientLink, PingResult, ServerHandler, ServerLink
+from transport.config import ZmqClientConfig, ZmqServerConfig
+from transport.errors import AuthError, KeyFileError, LinkClosed, LinkTimeout
+from transport.messages import Ping, Pong, Reply, Request
+
+__all__ = ["ZmqClientLink", "ZmqServerLink", "load_curve_allow_list"]
+
+log = logging.getLogger(__name__)
+
+_ZAP_DOMAIN = "tiersplit"
+_START_TIMEOUT_S = 10.0
+
+
+def load_curve_allow_list(directory: Path) -> dict[bytes, str]:
+    """Z85 public key -> agent id from ``<agent_id>.pub`` certificates in ``directory``.
+
+    Unreadable files are skipped with a warning naming the file (never its contents).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise KeyFileError(f"allow-list directory not found: {directory}")
+    allowed: dict[bytes, str] = {}
+    for path in sorted(directory.glob("*.pub")):
+        try:
+            allowed[keys.load_curve_public(path)] = path.stem
+        except KeyFileError:
+            log.warning("skipping unreadable agent certificate %s", path.name)
+    return allowed
+
+
+def _heartbeats(sock: zmq.Socket, ivl: int, timeout: int, ttl: int) -> None:
+    sock.setsockopt(zmq.HEARTBEAT_IVL, ivl)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, ttl)
+
+
+class _Authenticator(zmq.auth.thread.ThreadAuthenticator):
+    """ZAP over the link's allow-list."""
+
+    def __init__(self, context: zmq.Context, link: ZmqServerLink) -> None:
+        super().__init__(context, log=logging.getLogger(__name__ + ".zap"))
+        self._link = link
+
+    def callback(self, domain: str, key: bytes) -> bool:  # credentials provider protocol
+        allowed = self._link._agent_for(key) is not None
+        if not allowed:
+            self._link._count_reject("unknown_key", None)
+        return allowed
+
+    # The User-Id stays pyzmq's default, the client's Z85 public key: the server maps it
+    # to an agent id on every message, so replacing an agent's key revokes the old one.
+
+
+class _RouterResponder:
+    """Sends frames back to one peer through the server's I/O thread."""
+
+    __slots__ = ("_identity", "_link")
+
+    def __init__(self, link: ZmqServerLink, identity: bytes) -> None:
+        self._link, self._identity = link, identity
+
+    def __call__(self, msg: Reply | Pong) -> None:
+        self._link._enqueue(self._identity, wire.encode(msg))
+
+
+class ZmqServerLink(ServerLink):
+    """Cloud side of the ZeroMQ link.
+
+    Args:
+        endpoints: addresses to bind, e.g. ``["tcp://0.0.0.0:5555", "ipc:///run/ts.sock"]``
+            (port 0 or ``*`` picks a free port; see :attr:`endpoints` after start).
+        curve_keypair: (public, secret) Z85 server keys; None only with ``insecure``.
+        allowed_keys_dir: directory of ``<agent_id>.pub`` Curve certificates.
+        insecure: plaintext without authentication (logs a warning).
+        limits: decoder bounds.
+    """
+
+    def __init__(self, endpoints: list[str], *, curve_keypair: tuple[bytes, bytes] | None,
+                 allowed_keys_dir: Path | None, insecure: bool = False,
+                 heartbeat_ivl_ms: int = 1000, heartbeat_timeout_ms: int = 3000,
+                 heartbeat_ttl_ms: int = 6000, limits: wire.WireLimits = wire.WireLimits()
+                 ) -> None:
+        if not insecure and (curve_keypair is None or allowed_keys_dir is None):
+            raise ValueError("a secure zmq server needs curve_keypair and allowed_keys_dir")
+        self._want = [e.replace(":0", ":*") if e.endswith(":0") else e for e in endpoints]
+        self._keys = curve_keypair
+        self._allow_dir = Path(allowed_keys_dir) if allowed_keys_dir else None
+        self._insecure = insecure
+        self._hb = (heartbeat_ivl_ms, heartbeat_timeout_ms, heartbeat_ttl_ms)
+        self._limits = limits
+        self._allowed: dict[bytes, str] = {}
+        self._allowed_ids: frozenset[str] = frozenset()
+        self._revoked: dict[bytes, str] = {}
+        self._lock = threading.Lock()
+        self._outbox: collections.deque[tuple[bytes, list]] = collections.deque()
+        self._waker = Waker()
+        self._bound: list[str] = []
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._handler: ServerHandler | None = None
+        self._ctx: zmq.Context | None = None
+        self._auth: _Authenticator | None = None
+        if self._allow_dir is not None:
+            self.reload_allowed()
+
+    @classmethod
+    def from_config(cls, cfg: ZmqServerConfig) -> ZmqServerLink:
+        pair = keys.load_curve_secret(cfg.secret_key) if cfg.secret_key else None
+        return cls(list(cfg.endpoints), curve_keypair=pair,
+                   allowed_keys_dir=cfg.allowed_keys_dir, insecure=cfg.insecure,
+                   heartbeat_ivl_ms=cfg.heartbeat_ivl_ms,
+                   heartbeat_timeout_ms=cfg.heartbeat_timeout_ms,
+                   heartbeat_ttl_ms=cfg.heartbeat_ttl_ms, limits=cfg.limits.to_limits())
+
+    # -- allow-list -------------------------------------------------------------------
+
+    def reload_allowed(self) -> int:
+        """Re-read the allow-list directory; returns how many agents it allows.
+
+        New handshakes and every later message of an established connection are checked
+        against the new list.
+        """
+        if self._allow_dir is None:
+            return 0
+        allowed = load_curve_allow_list(self._allow_dir)
+        with self._lock:
+            # Remember who a removed key belonged to, to name it when it is refused.
+            for key, agent in self._allowed.items():
+                if key not in allowed:
+                    self._revoked[key] = agent
+            self._allowed = allowed
+            self._allowed_ids = frozenset(allowed.values())
+        log.info("zmq allow-list: %d agent keys from %s", len(allowed), self._allow_dir)
+        return len(allowed)
+
+    @property
+    def allowed_agents(self) -> frozenset[str]:
+        return self._allowed_ids
+
+    def _agent_for(self, z85_key: bytes) -> str | None:
+        with self._lock:
+            return self._allowed.get(bytes(z85_key))
+
+    def _count_reject(self, reason: str, agent_id: str | None) -> None:
+        if self._handler is not None:
+            try:
+                self._handler.on_reject(reason, agent_id)
+            except Exception:
+                log.exception("handler.on_reject failed")
+
+    # -- life cycle -------------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> list[str]:
+        return list(self._bound)
+
+    def start(self, handler: ServerHandler) -> None:
+        if self._thread is not None:
+            raise RuntimeError("ZmqServerLink already started")
+        self._handler = handler
+        self._ctx = zmq.Context()
+        if self._insecure:
+            log.warning("zmq server on %s is INSECURE: plaintext, no authentication",
+                        self._want)
+        else:
+            self._auth = _Authenticator(self._ctx, self)
+            self._auth.start()
+            self._auth.configure_curve_callback(domain=_ZAP_DOMAIN, credentials_provider=self._auth)
+        self._thread = threading.Thread(target=self._run, name="tiersplit-zmq-server",
+                                        daemon=True)
+        self._thread.start()
+        if not self._started.wait(_START_TIMEOUT_S):
+            raise RuntimeError("zmq server I/O thread did not start")
+        if self._start_error is not None:
+            self._thread.join()
+            self._cleanup_context()
+            raise self._start_error
+
+    def stop(self) -> None:
+        if self._thread is None or self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._waker.wake()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        self._cleanup_context()
+        self._waker.close()
+
+    def _cleanup_context(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def _enqueue(self, identity: bytes, frames: list) -> None:
+        self._outbox.append((identity, frames))
+        if threading.current_thread() is not self._thread:
+            self._waker.wake()  # the I/O thread flushes after each batch anyway
+
+    def _make_socket(self) -> zmq.Socket:
+        assert self._ctx is not None
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A peer sending a frame larger than any the decoder would accept is cut off by
+        # libzmq before the frame is buffered whole.
+        lim = self._limits
+        sock.setsockopt(zmq.MAXMSGSIZE, max(lim.max_header_bytes, lim.max_tensor_bytes,
+                                            lim.max_total_bytes) + 64)
+        _heartbeats(sock, *self._hb)
+        if not self._insecure:
+            assert self._keys is not None
+            sock.curve_server = True
+            sock.curve_publickey, sock.curve_secretkey = self._keys
+            sock.zap_domain = _ZAP_DOMAIN.encode()
+        try:
+            for ep in self._want:
+                sock.bind(ep)
+                self._bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        except BaseException:
+            sock.close(0)  # else terminating the context would wait for it forever
+            raise
+        return sock
+
+    def _run(self) -> None:
+        try:
+            sock = self._make_socket()
+        except BaseException as e:  # surfaced to start()
+            self._start_error = e
+            self._started.set()
+            return
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._waker.fd, zmq.POLLIN)
+        self._started.set()
+        try:
+            while not self._stopping.is_set():
+                events = dict(poller.poll(1000))
+                if self._waker.fd in events:
+                    self._waker.drain()
+                self._flush(sock)
+                if sock in events:
+                    for _ in range(256):  # bounded batch so replies are not starved
+                        try:
+                            msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._on_message(msg)
+                    self._flush(sock)  # replies a synchronous handler just gave
+            self._flush(sock)
+        finally:
+            sock.close()
+
+    def _flush(self, sock: zmq.Socket) -> None:
+        while self._outbox:
+            identity, frames = self._outbox.popleft()
+            try:
+                sock.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                log.warning("reply dropped: peer's queue is full")
+            except zmq.ZMQError as e:
+                log.info("reply dropped: peer gone (%s)", e.strerror)
+
+    def _on_message(self, msg: list[Any]) -> None:
+        identity, frames = msg[0].bytes, msg[1:]
+        send = _RouterResponder(self, identity)
+        assert self._handler is not None
+        if not frames:
+            self._count_reject("malformed", None)
+            return
+        agent_id: str | None = None
+        if not self._insecure:
+            try:
+                user_key = frames[0].get("User-Id") or ""
+            except zmq.ZMQError:
+                user_key = ""
+            agent_id = self._agent_for(user_key.encode())
+            if agent_id is None:
+                # Authenticated earlier, no longer allowed: revoked at run time.
+                with self._lock:
+                    former = self._revoked.get(user_key.encode())
+                refuse(frames, former, self._handler, "revoked",
+                       AuthError("agent key is not (or no longer) allowed"), send)
+                return
+        try:
+            dispatch_server(frames, agent_id, self._handler, self._limits, send,
+                            trust_claimed_id=self._insecure)
+        except Exception:
+            log.exception("server handler failed on a message from %s", agent_id)
+
+
+class ZmqClientLink(ClientLink):
+    """Edge side of the ZeroMQ link: one DEALER connected to one cloud endpoint.
+
+    Connects in the background at construction; see :attr:`connected` and
+    :meth:`wait_connected`.
+    """
+
+    def __init__(self, endpoint: str, agent_id: str, *,
+                 curve_keypair: tuple[bytes, bytes] | None,
+                 server_public_key: bytes | None, insecure: bool = False,
+                 heartbeat_ivl_ms: int = 1000, heartbeat_timeout_ms: int = 3000,
+                 heartbeat_ttl_ms: int = 6000, reconnect_ivl_ms: int = 100,
+                 reconnect_ivl_max_ms: int = 2000,
+                 limits: wire.WireLimits = wire.WireLimits()) -> None:
+        if not insecure and (curve_keypair is None or server_public_key is None):
+            raise ValueError("a secure zmq client needs curve_keypair and server_public_key")
+        if insecure:
+            log.warning("zmq client to %s is INSECURE: plaintext, no authentication",
+                        endpoint)
+        self.endpoint, self.agent_id = endpoint, agent_id
+        self._keys, self._server_key, self._insecure = curve_keypair, server_public_key, insecure
+        self._hb = (heartbeat_ivl_ms, heartbeat_timeout_ms, heartbeat_ttl_ms)
+        self._reconnect = (reconnect_ivl_ms, reconnect_ivl_max_ms)
+        self._limits = limits
+        self._pending = Pending()
+        self._outbox: collections.deque[tuple[str | int, list]] = collections.deque()
+        self._waker = Waker()
+        self._connected = False
+        self._conn_cv = threading.Condition()
+        self._callbacks: list = []
+        self._closed = threading.Event()
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._ctx = zmq.Context()
+        self._thread = threading.Thread(target=self._run, name="tiersplit-zmq-client",
+                                        daemon=True)
+        self._thread.start()
+        if not self._started.wait(_START_TIMEOUT_S) or self._start_error is not None:
+            self.close()
+            raise self._start_error or RuntimeError("zmq client I/O thread did not start")
+
+    @classmethod
+    def from_config(cls, cfg: ZmqClientConfig, agent_id: str) -> ZmqClientLink:
+        pair = keys.load_curve_secret(cfg.secret_key) if cfg.secret_key else None
+        server = keys.load_curve_public(cfg.server_public_key) if cfg.server_public_key else None
+        return cls(cfg.endpoint, agent_id, curve_keypair=pair, server_public_key=server,
+                   insecure=cfg.insecure, heartbeat_ivl_ms=cfg.heartbeat_ivl_ms,
+                   heartbeat_timeout_ms=cfg.heartbeat_timeout_ms,
+                   heartbeat_ttl_ms=cfg.heartbeat_ttl_ms,
+                   reconnect_ivl_ms=cfg.reconnect_ivl_ms,
+                   reconnect_ivl_max_ms=cfg.reconnect_ivl_max_ms,
+                   limits=cfg.limits.to_limits())
+
+    # -- ClientLink -------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def wait_connected(self, timeout: float = 5.0) -> bool:
+        """Block until the handshake with the cloud succeeded (True) or ``timeout``."""
+        with self._conn_cv:
+            return self._conn_cv.wait_for(lambda: self._connected or self._closed.is_set(),
+                                          timeout) and self._connected
+
+    def on_state_change(self, callback: Any) -> None:
+        self._callbacks.append(callback)
+
+    def submit(self, request: Request) -> Future[Reply]:
+        request.agent_id = self.agent_id
+        fut = self._pending.add(request.request_id, request.deadline)
+        if fut.done():
+            return fut
+        if self._closed.is_set() or not self._connected:
+            self._pending.discard(request.request_id, LinkClosed(
+                "link closed" if self._closed.is_set() else f"not connected to {self.endpoint}"))
+            return fut
+        try:
+            frames = wire.encode(request)
+        except Exception as e:
+            self._pending.discard(request.request_id, e)
+            return fut
+        self._outbox.append((request.request_id, frames))
+        self._waker.wake()
+        return fut
+
+    def ping(self, payload_bytes: int = 0, reply_bytes: int = 0,
+             timeout: float = 2.0) -> PingResult:
+        if self._closed.is_set():
+            raise LinkClosed("link closed")
+        if not self._connected:
+            raise LinkClosed(f"not connected to {self.endpoint}")
+        nonce, fut = self._pending.add_ping(0)
+        frames = wire.encode(Ping(nonce=nonce, sent_at=time.time(),
+                                  payload=bytes(payload_bytes), reply_bytes=reply_bytes))
+        self._outbox.append((nonce, frames))
+        self._waker.wake()
+        try:
+            res = fut.result(timeout)
+        except TimeoutError:
+            self._pending.drop_ping(nonce)
+            raise LinkTimeout(f"no pong within {timeout:.1f} s") from None
+        res.up_bytes = wire.wire_bytes(frames)
+        return res
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._waker.wake()
+        in_io_thread = threading.current_thread() is self._thread
+        if not in_io_thread and self._thread.is_alive():
+            self._thread.join()
+        if self._start_error is not None or not self._started.is_set():
+            self._ctx.term()  # the I/O thread never got to own the context
+        self._pending.fail_all(lambda: LinkClosed("link closed"))
+        if not in_io_thread:
+            self._waker.close()
+        self._set_connected(False)
+
+    # -- I/O thread -------------------------------------------------------------------
+
+    def _set_connected(self, value: bool) -> None:
+        with self._conn_cv:
+            if value == self._connected:
+                return
+            self._connected = value
+            self._conn_cv.notify_all()
+        log.info("zmq link to %s %s", self.endpoint, "up" if value else "down")
+        for cb in list(self._callbacks):
+            try:
+                cb(value)
+            except Exception:
+                log.exception("on_state_change callback failed")
+        if not value:
+            n = self._pending.fail_all(lambda: LinkClosed(f"lost the cloud at {self.endpoint}"))
+            if n:
+                log.warning("%d requests in flight failed: link to %s lost", n, self.endpoint)
+
+    def _make_socket(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, self._reconnect[0])
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, self._reconnect[1])
+        _heartbeats(sock, *self._hb)
+        if not self._insecure:
+            assert self._keys is not None and self._server_key is not None
+            sock.curve_publickey, sock.curve_secretkey = self._keys
+            sock.curve_serverkey = self._server_key
+        return sock
+
+    def _run(self) -> None:
+        sock = mon = None
+        try:
+            sock = self._make_socket()
+            mon = sock.get_monitor_socket()
+            sock.connect(self.endpoint)
+        except BaseException as e:  # surfaced to the constructor
+            for s in (mon, sock):
+                if s is not None:
+                    s.close(0)
+            self._start_error = e
+            self._started.set()
+            return
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(mon, zmq.POLLIN)
+        poller.register(self._waker.fd, zmq.POLLIN)
+        self._started.set()
+        try:
+            while not self._closed.is_set():
+                nxt = self._pending.expire()
+                wait_ms = 500 if nxt is None else max(0, min(500, int((nxt - time.time())
+                                                                      * 1000) + 1))
+                events = dict(poller.poll(wait_ms))
+                if mon in events:
+                    self._on_monitor(mon)
+                if self._waker.fd in events:
+                    self._waker.drain()
+                self._flush(sock)
+                if sock in events:
+                    for _ in range(256):
+                        try:
+                            msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        nbytes = sum(len(f.buffer) for f in msg)
+                        dispatch_client(msg, self._pending, self._limits, nbytes)
+        finally:
+            sock.disable_monitor()
+            mon.close(0)
+            sock.close(0)
+            self._ctx.term()  # here, so that close() from a callback cannot deadlock
+
+    def _flush(self, sock: zmq.Socket) -> None:
+        while self._outbox:
+            key, frames = self._outbox.popleft()
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            except zmq.ZMQError as e:
+                err = LinkClosed(f"not connected to {self.endpoint}" if isinstance(
+                    e, zmq.Again) else f"send failed: {e.strerror}")
+                if isinstance(key, str):
+                    self._pending.discard(key, err)
+                else:
+                    self._pending.drop_ping(key)
+
+    def _on_monitor(self, mon: zmq.Socket) -> None:
+        while True:
+            try:
+                ev = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind = ev["event"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._set_connected(True)
+            elif kind in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
+                self._set_connected(False)
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                log.warning("the cloud at %s refused this agent's key", self.endpoint)
+                self._set_connected(False)
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                log.warning("handshake with %s failed (wrong server key or mechanism?)",
+                            self.endpoint)
+
