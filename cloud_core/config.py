@@ -1,0 +1,208 @@
+"""``cloud.yaml``: the cloud core's configuration, validated once at the entry point.
+
+Every section is a pydantic model with ``extra="forbid"`` so a misspelt key fails at
+start-up with its dotted path (``batching.max_batchh: extra inputs are not permitted``)
+instead of being silently ignored. Relative paths are resolved against the directory of
+the YAML file, so a config and its repository/keys can move together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cloud_core.errors import ConfigError
+from transport.config import ServerLinkConfig
+
+__all__ = [
+    "BackendConfig",
+    "BatchingConfig",
+    "CloudConfig",
+    "DebugConfig",
+    "HttpConfig",
+    "LimitsConfig",
+    "ModelRef",
+    "load_config",
+    "parse_config",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelRef(_Strict):
+    """Which bundle versions of one model to load at start.
+
+    ``versions: ["latest"]`` loads the highest version found (numeric order when the
+    version strings are integers, else lexical); ``["all"]`` every version on disk.
+    ``pin`` makes a version the active one from the start (see :mod:`cloud_core.repository`).
+    """
+
+    name: str
+    versions: list[str] = Field(default_factory=lambda: ["latest"], min_length=1)
+    pin: str | None = None
+
+
+class BatchingConfig(_Strict):
+    """Dynamic batching, applied per (model, version, cut) queue.
+
+    ``max_batch`` counts samples (the batch dimension), not requests; a request bigger
+    than ``max_batch`` is refused as INVALID_INPUT. ``max_queue_delay_ms`` is how long the
+    first request of a batch may wait for company once a worker is free; it goes earlier
+    when no request has arrived for ``idle_gap_ms`` (default: a quarter of the delay;
+    ``disable_idle_gap: true`` waits the full delay, as Triton does). ``adaptive_delay``
+    skips the wait on queues where it has not paid off lately (a lone sender), probing
+    every 16th batch; ``false`` always waits, as Triton does. ``max_queue``
+    bounds waiting requests per queue; beyond it requests get OVERLOADED (back-pressure).
+    """
+
+    max_batch: int = Field(16, ge=1, le=4096)
+    max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000)
+    idle_gap_ms: float | None = Field(
+        None, ge=0, description="send a partial batch once no request arrived for this "
+        "long; default a quarter of max_queue_delay_ms")
+    disable_idle_gap: bool = False
+    adaptive_delay: bool = Field(
+        True, description="stop waiting on queues where waiting has not gathered company "
+        "lately (every 16th batch still waits, to notice new senders)")
+    max_queue: int = Field(256, ge=1)
+
+    @property
+    def idle_gap_s(self) -> float | None:
+        """The idle gap in seconds, or None to always wait the full queue delay."""
+        if self.disable_idle_gap:
+            return None
+        gap = self.idle_gap_ms if self.idle_gap_ms is not None else self.max_queue_delay_ms / 4
+        return gap / 1e3
+
+
+class BackendConfig(_Strict):
+    """Which engine runs the tails.
+
+    ``onnxruntime`` (default) uses the CUDA execution provider when ``device`` is
+    ``auto``/``cuda`` and ORT has it, else CPU. ``torch`` runs ``tail-<cut>.pt2``
+    (``torch.export``) when the bundle lists one, else the fp32 ONNX tail through
+    tiersplit's ONNX->torch interpreter. ``triton`` forwards whole batches to a Triton
+    server (models named as ``tiersplit cloud export-triton`` writes them).
+    """
+
+    kind: Literal["onnxruntime", "torch", "triton"] = "onnxruntime"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(0, ge=0, description="intra-op threads per session; 0 = engine default")
+    triton_url: str = "127.0.0.1:8001"
+    triton_protocol: Literal["grpc", "http"] = "grpc"
+    triton_timeout_s: float = Field(30.0, gt=0)
+
+
+class HttpConfig(_Strict):
+    """Metrics, health and admin API. ``port: 0`` picks a free port (printed at start)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9300, ge=0, le=65535)
+    admin_token_file: Path | None = Field(
+        None, description="if set, admin endpoints need 'Authorization: Bearer <token>'")
+
+
+class LimitsConfig(_Strict):
+    """Per-request size limits checked before anything is queued."""
+
+    max_request_bytes: int = Field(64 << 20, ge=1)
+
+
+class DebugConfig(_Strict):
+    """Fault injection for reliability tests. Leave at defaults in production.
+
+    ``tail_delay_ms`` adds that much sleep to every batch's compute (a "slow cloud"); it is
+    included in the reply's ``compute_ms`` so agents' placement sees it.
+    """
+
+    tail_delay_ms: float = Field(0.0, ge=0)
+
+
+class CloudConfig(_Strict):
+    """The whole ``cloud.yaml``. See ``configs/cloud.yaml`` for a documented example."""
+
+    repository: Path
+    signing_public_key: Path | None = None
+    allow_unsigned: bool = False
+    models: list[ModelRef] = Field(default_factory=list)
+    transports: list[ServerLinkConfig] = Field(default_factory=list)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    executor_workers: int = Field(2, ge=1, le=256)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    grace_s: float = Field(10.0, ge=0)
+    debug: DebugConfig = Field(default_factory=DebugConfig)
+
+    @model_validator(mode="after")
+    def _key_or_unsigned(self) -> CloudConfig:
+        if self.signing_public_key is None and not self.allow_unsigned:
+            raise ValueError("signing_public_key is required unless allow_unsigned: true "
+                             "(bundles are verified with it on load)")
+        return self
+
+
+_PATH_KEYS = frozenset({"repository", "signing_public_key", "admin_token_file", "secret_key",
+                        "allowed_keys_dir", "ca_file", "client_cert", "client_key",
+                        "password_file"})
+
+
+def _resolve(data: Any, base: Path) -> Any:
+    """Resolve every path-valued key (ours and the transports') against ``base``."""
+    if isinstance(data, list):
+        return [_resolve(x, base) for x in data]
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for key, value in data.items():
+        if key in _PATH_KEYS and isinstance(value, str):
+            p = Path(value).expanduser()
+            out[key] = str(p if p.is_absolute() else base / p)
+        else:
+            out[key] = _resolve(value, base)
+    return out
+
+
+def _format(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_config(data: dict[str, Any], base: Path | None = None) -> CloudConfig:
+    """Validate an already-parsed mapping; relative paths resolve against ``base``."""
+    if not isinstance(data, dict):
+        raise ConfigError("cloud config must be a mapping at the top level")
+    try:
+        return CloudConfig.model_validate(_resolve(data, base or Path.cwd()))
+    except ValidationError as e:
+        raise ConfigError(f"invalid cloud config: {_format(e)}") from e
+    except ValueError as e:
+        raise ConfigError(f"invalid cloud config: {e}") from e
+
+
+def load_config(path: Path | str) -> CloudConfig:
+    """Read and validate ``cloud.yaml``.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, or a schema error naming the key.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read cloud config {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    try:
+        return parse_config(data or {}, path.resolve().parent)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e

@@ -1,0 +1,336 @@
+"""The cloud core: transports -> (auth, done by links) -> validate -> batcher -> backend.
+
+:class:`CloudCore` is the in-process API (``tiersplit cloud serve``, the demo and the
+benchmarks wrap it). It implements :class:`transport.base.ServerHandler`: links call
+``on_request`` from their I/O thread, so it only validates and enqueues; compute happens
+in the batcher's sized executor and each request is answered as soon as its batch ends.
+
+Every request ends in exactly one reply. Invalid ones are answered with their status
+(mapped from the typed error in one place, :func:`cloud_core.errors.status_for`), counted
+by reason, and never reach a backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from cloud_core.backends import make_backend_factory
+from cloud_core.batcher import Batcher, Entry
+from cloud_core.config import CloudConfig
+from cloud_core.errors import (
+    BackendError,
+    CloudError,
+    ConfigError,
+    DeadlineExceeded,
+    Unavailable,
+    status_for,
+)
+from cloud_core.metrics import UNKNOWN, CloudMetrics
+from cloud_core.repository import LoadedVersion, Repository
+from cloud_core.validate import Validated, validate_request
+from transport.base import Responder, ServerLink
+from transport.messages import LoadReport, Reply, Request, Status
+
+__all__ = ["CloudCore"]
+
+log = logging.getLogger(__name__)
+
+
+class _Job:
+    __slots__ = ("request", "responder", "valid")
+
+    def __init__(self, request: Request, responder: Responder, valid: Validated) -> None:
+        self.request, self.responder, self.valid = request, responder, valid
+
+
+def _send(responder: Responder, reply: Reply) -> None:
+    try:
+        responder.send(reply)
+    except Exception as e:  # the link may be closing; the agent will time out and retry
+        log.warning("reply %s not sent: %s", reply.request_id, e)
+
+
+class CloudCore:
+    """One cloud core: repository, batcher, links and HTTP endpoint.
+
+    Args:
+        config: the validated ``cloud.yaml``.
+        links: server links to use instead of building them from ``config.transports``
+            (tests and embedding; they are started and stopped by the core).
+    """
+
+    def __init__(self, config: CloudConfig, links: list[ServerLink] | None = None) -> None:
+        self.config = config
+        self.metrics = CloudMetrics()
+        self._links: list[ServerLink] = list(links or [])
+        self._link_kinds: list[str] = []
+        self._given_links = links is not None
+        self._state = "new"  # new -> starting -> running -> draining -> stopped
+        self._lock = threading.Lock()
+        self._queue_ms = 0.0  # EWMA of recent queue times, for load reports
+        self._inflight = 0
+        self._count_lock = threading.Lock()
+        self._http: Any = None
+        key = None
+        if config.signing_public_key is not None:
+            from transport import keys
+            from transport.errors import KeyFileError
+
+            try:
+                key = keys.load_ed25519_public(config.signing_public_key)
+            except KeyFileError as e:
+                raise ConfigError(f"signing_public_key: {e}") from e
+        self.repository = Repository(config.repository, key,
+                                     allow_unsigned=config.allow_unsigned,
+                                     backend_factory=make_backend_factory(config.backend))
+        b = config.batching
+        self.batcher = Batcher(max_batch=b.max_batch, max_delay_s=b.max_queue_delay_ms / 1e3,
+                               max_queue=b.max_queue, workers=config.executor_workers,
+                               idle_gap_s=b.idle_gap_s, adaptive=b.adaptive_delay,
+                               execute=self._execute, on_expired=self._expired,
+                               on_failed=self._failed, on_depth=self._depth)
+
+    # -- life cycle ------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the configured models, bind the links, start HTTP. Raises on failure
+        (and releases whatever was started)."""
+        with self._lock:
+            if self._state != "new":
+                raise RuntimeError(f"CloudCore already {self._state}")
+            self._state = "starting"
+        started: list[ServerLink] = []
+        try:
+            for ref in self.config.models:
+                for v in self.repository.expand(ref.name, ref.versions):
+                    self.repository.load(ref.name, v)
+                if ref.pin:
+                    self.repository.pin(ref.name, ref.pin)
+            self.metrics.models_loaded.set(len(self.repository.all_loaded()))
+            if not self._given_links:
+                from transport import make_server_link
+
+                self._links = [make_server_link(c) for c in self.config.transports]
+                self._link_kinds = [c.kind for c in self.config.transports]
+            else:
+                self._link_kinds = [type(x).__name__.lower().replace("serverlink", "")
+                                    for x in self._links]
+            for link in self._links:
+                link.start(self)
+                started.append(link)
+            if self.config.http.enabled:
+                from cloud_core.http import HttpServer
+
+                self._http = HttpServer(self, self.config.http)
+                self._http.start()
+        except BaseException:
+            self._state = "stopped"
+            for link in reversed(started):
+                try:
+                    link.stop()
+                except Exception:  # cleanup of a failed start
+                    log.exception("stopping link after failed start")
+            self.batcher.stop(0)
+            self.repository.close()
+            raise
+        self._state = "running"
+        log.info("cloud core ready: %s http=%s", self.endpoints_by_kind, self.http_url)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting (new requests get UNAVAILABLE), finish queued and in-flight
+        batches within ``grace`` seconds (default ``config.grace_s``), then close links,
+        HTTP and backends. Idempotent."""
+        with self._lock:
+            if self._state in ("stopped", "draining"):
+                return
+            self._state = "draining"
+        grace = self.config.grace_s if grace is None else grace
+        log.info("draining (grace %.1f s)", grace)
+        self.batcher.stop(grace)
+        for link in reversed(self._links):
+            try:
+                link.stop()
+            except Exception:
+                log.exception("stopping link")
+        if self._http is not None:
+            self._http.stop()
+        self.repository.close()
+        self._state = "stopped"
+        log.info("cloud core stopped")
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def ready(self) -> bool:
+        """Serving: started, links bound, and (if any were configured) models loaded."""
+        return (self._state == "running"
+                and (not self.config.models or bool(self.repository.all_loaded())))
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [e for link in self._links for e in link.endpoints]
+
+    @property
+    def endpoints_by_kind(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for kind, link in zip(self._link_kinds, self._links, strict=False):
+            out.setdefault(kind, []).extend(link.endpoints)
+        return out
+
+    @property
+    def http_url(self) -> str | None:
+        return self._http.url if self._http is not None else None
+
+    # -- ServerHandler ---------------------------------------------------------------
+    def on_request(self, request: Request, responder: Responder) -> None:
+        """Validate and enqueue (called on a link's I/O thread: must not compute)."""
+        try:
+            if self._state != "running":
+                raise Unavailable("cloud core is not serving (starting or shutting down)")
+            valid = validate_request(request, self.repository, now=time.time(),
+                                     max_request_bytes=self.config.limits.max_request_bytes,
+                                     max_batch=self.config.batching.max_batch)
+            key = (valid.version.name, valid.version.version, valid.cut.id)
+            self.batcher.submit(key, Entry(items=valid.items, deadline=request.deadline,
+                                           payload=_Job(request, responder, valid)))
+        except CloudError as e:
+            self._refuse(request, responder, e)
+        except Exception as e:  # a bug must not kill the link's I/O thread
+            log.exception("unexpected error validating request %s", request.request_id)
+            self._refuse(request, responder, e)
+
+    def on_reject(self, reason: str, agent_id: str | None) -> None:
+        self.metrics.rejected.labels(reason=reason).inc()
+        log.info("link refused a frame (%s) from %s", reason, agent_id or "unknown peer")
+
+    def load(self) -> LoadReport:
+        return LoadReport(queue_depth=self.batcher.depth(), queue_ms=self._queue_ms,
+                          utilisation=self.batcher.busy / self.config.executor_workers,
+                          inflight=self._inflight)
+
+    # -- replies ---------------------------------------------------------------------
+    def _labels(self, request: Request) -> tuple[str, str]:
+        lv = self.repository.active(request.model)
+        if lv is None:
+            return UNKNOWN, UNKNOWN
+        return request.model, request.cut if request.cut in lv.tails else UNKNOWN
+
+    def _refuse(self, request: Request, responder: Responder, error: Exception) -> None:
+        status = status_for(error)
+        reason = error.reason if isinstance(error, CloudError) else "internal"
+        model, cut = self._labels(request)
+        self.metrics.rejected.labels(reason=reason).inc()
+        self.metrics.requests.labels(model=model, cut=cut, status=status.name).inc()
+        log.info("refused %s from %s: %s %s", request.request_id, request.agent_id,
+                 status.name, error)
+        _send(responder, Reply(request_id=request.request_id, status=status, error=str(error)))
+
+    def _expired(self, entry: Entry) -> None:
+        job: _Job = entry.payload
+        self._refuse(job.request, job.responder,
+                     _deadline_error(entry, time.monotonic() - entry.enqueued))
+
+    def _failed(self, entry: Entry, error: Exception) -> None:
+        job: _Job = entry.payload
+        self._refuse(job.request, job.responder, error)
+
+    def _depth(self, key: tuple[str, str, str], depth: int) -> None:
+        self.metrics.queue_depth.labels(model=key[0], version=key[1], cut=key[2]).set(depth)
+
+    # -- compute ---------------------------------------------------------------------
+    def _execute(self, key: tuple[str, str, str], batch: list[Entry]) -> None:
+        """Run one batch on its version's backend and answer every request in it."""
+        jobs: list[_Job] = [e.payload for e in batch]
+        lv: LoadedVersion = jobs[0].valid.version
+        cut = jobs[0].valid.cut
+        backend = lv.tails[cut.id]
+        items = sum(e.items for e in batch)
+        start = time.monotonic()
+        with self._count_lock:
+            self._inflight += len(batch)
+        try:
+            if len(jobs) == 1:
+                inputs = dict(jobs[0].request.tensors)
+            else:
+                inputs = {t.name: np.concatenate([j.request.tensors[t.name] for j in jobs])
+                          for t in cut.tensors}
+            self.metrics.backend_calls.labels(backend=backend.name).inc()
+            self.metrics.backend_items.labels(backend=backend.name).inc(items)
+            outputs = backend.run(inputs)
+            if self.config.debug.tail_delay_ms:
+                time.sleep(self.config.debug.tail_delay_ms / 1e3)
+            for name, arr in outputs.items():
+                if arr.shape[:1] != (items,):
+                    raise BackendError(f"backend output {name!r} has batch "
+                                       f"{arr.shape[:1]}, expected {items}")
+        except Exception as e:
+            log.error("batch of %d on %s:%s/%s failed: %s", items, lv.name, lv.version,
+                      cut.id, e)
+            for j in jobs:
+                self._refuse(j.request, j.responder, e)
+            return
+        finally:
+            with self._count_lock:
+                self._inflight -= len(batch)
+        compute = time.monotonic() - start
+        self.metrics.batch_size.observe(items)
+        self.metrics.compute_seconds.labels(model=lv.name, cut=cut.id).observe(compute)
+        offset = 0
+        for entry, job in zip(batch, jobs, strict=True):
+            queued = start - entry.enqueued
+            self._queue_ms = 0.9 * self._queue_ms + 0.1 * queued * 1e3
+            self.metrics.queue_seconds.labels(model=lv.name, cut=cut.id).observe(queued)
+            n = entry.items
+            tensors = {k: v[offset:offset + n] for k, v in outputs.items()}
+            offset += n
+            self.metrics.requests.labels(model=lv.name, cut=cut.id, status="OK").inc()
+            _send(job.responder, Reply(request_id=job.request.request_id, status=Status.OK,
+                                       tensors=tensors, queue_ms=queued * 1e3,
+                                       compute_ms=compute * 1e3))
+
+    # -- admin -----------------------------------------------------------------------
+    def models(self) -> list[dict[str, Any]]:
+        return self.repository.describe()
+
+    def load_model(self, name: str, version: str) -> dict[str, Any]:
+        lv = self.repository.load(name, version)
+        self.metrics.models_loaded.set(len(self.repository.all_loaded()))
+        return {"name": lv.name, "version": lv.version, "digest": lv.digest}
+
+    def _retire(self, lv: LoadedVersion) -> None:
+        self.batcher.retire(lambda k: k[0] == lv.name and k[1] == lv.version,
+                            timeout=self.config.grace_s)
+        lv.close()
+        self.metrics.models_loaded.set(len(self.repository.all_loaded()))
+
+    def unload_model(self, name: str, version: str) -> None:
+        self._retire(self.repository.unload(name, version))
+
+    def pin_model(self, name: str, version: str) -> None:
+        self.repository.pin(name, version)
+
+    def rollback_model(self, name: str) -> str:
+        active, old = self.repository.rollback(name)
+        self._retire(old)
+        return active
+
+    def reload_keys(self) -> dict[str, int]:
+        """Re-read every link's allow-list (new and established peers are re-checked)."""
+        out: dict[str, int] = {}
+        for kind, link in zip(self._link_kinds, self._links, strict=False):
+            reload = getattr(link, "reload_allowed", None)
+            if reload is not None:
+                out[kind] = out.get(kind, 0) + int(reload())
+        return out
+
+
+def _deadline_error(entry: Entry, waited: float) -> CloudError:
+    return DeadlineExceeded(f"deadline passed after {waited * 1e3:.1f} ms in the queue; "
+                            "dropped before compute")
+
