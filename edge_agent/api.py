@@ -157,7 +157,7 @@ def parse_infer_request(body: bytes, header_length: int | None,
         if name in inputs:
             raise InvalidInput(f"input {name!r} given twice")
         dt_name = tin.get("datatype")
-        if dt_name not in _V2_TO_NP:
+        if not isinstance(dt_name, str) or dt_name not in _V2_TO_NP:
             raise InvalidInput(f"input {name!r}: datatype {dt_name!r} not supported; "
                                f"expected one of {sorted(_V2_TO_NP)}")
         dtype = _V2_TO_NP[dt_name]

@@ -211,6 +211,7 @@ class _Endpoint:
     breaker: CircuitBreaker
     lock: threading.Lock = field(default_factory=threading.Lock)
     inflight: int = 0
+    inflight_bytes: int = 0  # wire bytes of requests sent and not yet answered
     sends: int = 0
     ok: int = 0
     failed: int = 0
@@ -411,10 +412,13 @@ class EdgeClient:
     def _send(self, ep: _Endpoint, req: Request, budget_ms: float, batch: int,
               timings: dict[str, float]) -> Reply | tuple[str, str]:
         """One attempt; the Reply on success, else (outcome label, detail)."""
+        own_bytes = int(self.policy.wire_bytes(req.cut) * batch)
         with ep.lock:
             solo = ep.inflight == 0
             sends_before = ep.sends
+            ahead_bytes = ep.inflight_bytes
             ep.inflight += 1
+            ep.inflight_bytes += own_bytes
             ep.sends += 1
         t_send = time.monotonic()
         try:
@@ -430,14 +434,13 @@ class EdgeClient:
         finally:
             with ep.lock:
                 ep.inflight -= 1
+                ep.inflight_bytes -= own_bytes
                 solo = solo and ep.sends == sends_before + 1
         elapsed = (time.monotonic() - t_send) * 1e3
         if not reply.ok:
             status = Status(reply.status)
             if status is Status.OVERLOADED:  # the queue is full: learn it, don't break
-                self.policy.observe_reply(ep.name, req.cut, up_bytes=0, down_bytes=0,
-                                          elapsed_ms=elapsed, queue_ms=max(elapsed, 1.0),
-                                          compute_ms=0.0, solo=False, batch=batch)
+                self.policy.observe_overload(ep.name, elapsed, batch)
             return self._fail(ep, f"status: {status.name.lower()}",
                               breaker=status in _ENDPOINT_FAULTS, detail=reply.error)
         missing = [n for n in self._outputs if n not in reply.tensors]
@@ -447,12 +450,12 @@ class EdgeClient:
         ep.breaker.record_success()
         with ep.lock:
             ep.ok += 1
-        wire_up = self.policy.wire_bytes(req.cut) * batch
         down = sum(int(a.nbytes) for a in reply.tensors.values())
         network = elapsed - self.policy.encode_ms(req.cut) * batch
-        self.policy.observe_reply(ep.name, req.cut, up_bytes=int(wire_up), down_bytes=down,
+        self.policy.observe_reply(ep.name, req.cut, up_bytes=own_bytes, down_bytes=down,
                                   elapsed_ms=network, queue_ms=reply.queue_ms,
-                                  compute_ms=reply.compute_ms, solo=solo, batch=batch)
+                                  compute_ms=reply.compute_ms, solo=solo, batch=batch,
+                                  ahead_bytes=ahead_bytes)
         timings.update(remote=elapsed, queue=reply.queue_ms, compute=reply.compute_ms)
         return reply
 

@@ -130,6 +130,28 @@ class LinkEstimator:
         if lower_bound > self.up_Bps:
             self.up.update(lower_bound)
 
+    def observe_shared_transfer(self, up_bytes: int, ahead_bytes: int, down_bytes: int,
+                                network_ms: float) -> None:
+        """A transfer that shared the link with ``ahead_bytes`` sent before it.
+
+        Not a bandwidth sample, but it bounds the bandwidth on a FIFO link: our bytes got
+        through in ``transfer`` (so ``bw >= up / transfer``) behind at most the bytes
+        queued ahead of them (so ``bw <= (up + ahead) / transfer``). An estimate outside
+        the bounds moves to the nearest one. Under concurrent load this is how a
+        bandwidth collapse is noticed when no request ever travels alone.
+        """
+        if up_bytes <= 0:
+            return
+        transfer_ms = network_ms - self.rtt_ms - down_bytes / self.up_Bps * 1e3
+        if transfer_ms < _NOISE_FLOOR_MS:
+            return
+        upper = (up_bytes + ahead_bytes) / transfer_ms * 1e3
+        lower = up_bytes / transfer_ms * 1e3
+        if self.up_Bps > upper:
+            self.up.update(upper)
+        elif self.up_Bps < lower:
+            self.up.update(lower)
+
     def probe_bytes(self, max_bytes: int) -> int:
         """A probe payload that takes ~40 ms at the current estimate (4 KiB..max)."""
         return int(min(max(self.up_Bps * 0.04, 4096), max_bytes)) if max_bytes else 0
@@ -286,13 +308,17 @@ class Policy:
 
     def observe_reply(self, endpoint: str, cut_id: str, *, up_bytes: int, down_bytes: int,
                       elapsed_ms: float, queue_ms: float, compute_ms: float,
-                      solo: bool = True, batch: int = 1) -> None:
+                      solo: bool = True, batch: int = 1,
+                      ahead_bytes: int | None = None) -> None:
         """A successful reply: learn cloud time, and link speed when the transfer was solo.
 
         Args:
             elapsed_ms: from handing the request to the link to the reply.
             solo: no other request shared the link meanwhile; otherwise the transfer
                 time includes others' bytes and is not a bandwidth sample.
+            ahead_bytes: for a shared transfer, the bytes already in flight on the link
+                when it was sent; they bound the bandwidth (see
+                :meth:`LinkEstimator.observe_shared_transfer`). None: unknown, no bound.
         """
         with self._lock:
             st = self._clouds.get(endpoint)
@@ -302,9 +328,23 @@ class Policy:
             st.tail.setdefault(cut_id, RobustEwma(self.cfg.ewma_alpha, self.cfg.window)) \
                 .update(compute_ms / max(batch, 1))
             self._last_seen[cut_id] = self._clock()
-            if solo and st.link is not None:
-                st.link.observe_transfer(up_bytes, down_bytes,
-                                         max(elapsed_ms - queue_ms - compute_ms, 0.0))
+            network_ms = max(elapsed_ms - queue_ms - compute_ms, 0.0)
+            if st.link is None:
+                return
+            if solo:
+                st.link.observe_transfer(up_bytes, down_bytes, network_ms)
+            elif ahead_bytes is not None:
+                st.link.observe_shared_transfer(up_bytes, ahead_bytes, down_bytes, network_ms)
+
+    def observe_overload(self, endpoint: str, elapsed_ms: float, batch: int = 1) -> None:
+        """The cloud refused a request (queue full): charge its queue at least what the
+        device would have taken, so back-pressure moves work edge-ward. The tail time is
+        not touched (nothing ran); pongs and later replies bring the queue back down."""
+        with self._lock:
+            st = self._clouds.get(endpoint)
+            if st is None:
+                return
+            st.queue.update(max(elapsed_ms, self._edge_prediction(batch).total_ms))
 
     def observe_ping(self, endpoint: str, payload_bytes: int, rtt_ms: float,
                      queue_ms: float | None = None) -> None:

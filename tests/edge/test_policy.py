@@ -236,3 +236,32 @@ def test_circuit_breaker_opens_and_probes_back() -> None:
     clock.t = 20.0
     br.probe_ok()
     assert br.state is BreakerState.CLOSED
+
+
+def test_shared_transfers_bound_the_bandwidth_under_concurrency() -> None:
+    """No request ever travels alone, yet a 100x collapse is noticed: a shared transfer
+    caps the bandwidth at (own + bytes ahead) / transfer time."""
+    pol = make_policy()
+    feed_link(pol, "a", 100 * 125_000, rtt_ms=4)
+    assert pol.decide().cut_id == "k2"
+    fast = pol._clouds["a"].link.up_Bps
+    for _ in range(20):  # 16 kB each, 16 kB ahead, on a 1 Mbit/s link: ~260 ms
+        pol.observe_reply("a", "k2", up_bytes=16_000, down_bytes=40, elapsed_ms=4 + 260,
+                          queue_ms=0.0, compute_ms=1.0, solo=False, ahead_bytes=16_000)
+    slow = pol._clouds["a"].link.up_Bps
+    assert slow <= 32_000 / 0.259 * 1.25 < fast / 10  # near the bound (EWMA converging)
+    assert depth(pol.decide().cut_id) > depth("k2")
+    # unknown bytes ahead: no bound, no change
+    before = pol._clouds["a"].link.up_Bps
+    pol.observe_reply("a", "k2", up_bytes=16_000, down_bytes=40, elapsed_ms=900,
+                      queue_ms=0.0, compute_ms=1.0, solo=False)
+    assert pol._clouds["a"].link.up_Bps == before
+
+
+def test_overloaded_replies_charge_the_queue_not_the_tail() -> None:
+    pol = make_policy()
+    feed_link(pol, "a", 100 * 125_000, rtt_ms=4)
+    assert pol.decide().cut_id == "k2"
+    for _ in range(5):
+        pol.observe_overload("a", elapsed_ms=5.0)
+    assert pol.decide().cut_id == "edge"

@@ -199,12 +199,6 @@ _doc = st.fixed_dictionaries({}, optional={
 })
 
 
-BUG_DATATYPE = ("edge_agent/api.py parse_infer_request: a non-string 'datatype' (a JSON list or "
-                "object) reaches `dt_name not in _V2_TO_NP` and raises TypeError (unhashable "
-                "type), answered 500 instead of 400")
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_DATATYPE)
 def test_non_string_datatype_is_a_clear_400(api: Api, samples) -> None:
     x = samples.inputs[0][INPUT]
     for bad in (["FP32"], {"t": "FP32"}):
@@ -213,7 +207,6 @@ def test_non_string_datatype_is_a_clear_400(api: Api, samples) -> None:
         assert "datatype" in r.json()["error"]
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_DATATYPE)
 def test_fuzzed_infer_bodies_never_break_the_agent(api: Api, agent_proc: Service) -> None:
     served0 = _edge_requests(api)
     sent0 = api.sent
