@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -73,6 +73,7 @@ class EdgeSpeed:
     name: str
     threads: int
     quota: bool  # run inside the CPU-quota cgroup
+    gmacs: float | None = None  # emulated device: each head lasts >= MACs / (gmacs * 1e9)
 
 
 class CpuQuota:
@@ -129,10 +130,11 @@ def edge_context(speed: EdgeSpeed, quota: CpuQuota | None):
 class Edge:
     """Heads of one bundle on this thread, sending through one client link."""
 
-    def __init__(self, bundle, threads: int) -> None:
+    def __init__(self, bundle, threads: int, gmacs: float | None = None) -> None:
         from partitioner.profile import _feeds, session
 
         self.bundle, self.m = bundle, bundle.manifest
+        self.gmacs = gmacs
         self.sessions = {}
         for c in self.m.cuts:
             if c.is_cloud:
@@ -147,6 +149,7 @@ class Edge:
         spec = self.m.cut(cut_id)
         if spec.is_edge:
             self.sessions["edge"].run(None, self.inputs)
+            self._pad(spec, t0)
             return (time.perf_counter() - t0) * 1e3
         if spec.is_cloud:
             tensors = dict(self.inputs)
@@ -155,12 +158,34 @@ class Edge:
             names = [o.name for o in s.get_outputs()]
             acts = dict(zip(names, s.run(None, self.inputs), strict=True))
             tensors = {t.name: acts[t.name] for t in spec.tensors}
+            self._pad(spec, t0)
         req = Request(uuid.uuid4().hex, "bench", self.m.name, self.m.version,
                       self.bundle.digest, cut_id, time.time() + 60, tensors, codec)
         reply = link.submit(req).result(timeout=60)
         if not reply.ok:
             raise RuntimeError(f"{self.m.name}/{cut_id}: {reply.status.name} {reply.error}")
         return (time.perf_counter() - t0) * 1e3
+
+
+    def _pad(self, spec, t0: float) -> None:
+        """Emulated device: sleep (no CPU) until the head has lasted MACs / speed, the
+        same rule as the edge agent's ``runtime.emulate_gmacs``."""
+        if self.gmacs:
+            left = spec.head_flops / (self.gmacs * 1e9) - (time.perf_counter() - t0)
+            if left > 0:
+                time.sleep(left)
+
+
+def emulated_profile(profile, bundle, gmacs: float | None):
+    """The edge profile of a device emulated at ``gmacs``: each head takes at least its
+    MACs at that speed (what :meth:`Edge._pad` enforces when the cell is measured)."""
+    if not gmacs:
+        return profile
+    cuts = {}
+    for cut_id, v in profile.cuts.items():
+        floor_ms = bundle.manifest.cut(cut_id).head_flops / (gmacs * 1e9) * 1e3
+        cuts[cut_id] = {**v, "head_ms": max(float(v.get("head_ms", 0.0)), floor_ms)}
+    return replace(profile, cuts=cuts, machine={**profile.machine, "emulated_gmacs": gmacs})
 
 
 # ----------------------------------------------------------------------- the bench
@@ -309,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slow-share", type=float, default=0.1,
                     help="CPU share of the slow edge (cgroup quota)")
     ap.add_argument("--max-cuts", type=int, default=0, help="cuts per bundle (default 5/6)")
+    ap.add_argument("--device-gmacs", type=float, default=1.0,
+                    help="also run an emulated device of this speed (0: off)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("root", "cloud_core", "transport", "partitioner"):
@@ -332,6 +359,12 @@ def main(argv: list[str] | None = None) -> int:
                EdgeSpeed(f"slow ({args.slow_share:.0%} CPU quota)", 1, True)]
               if quota else [EdgeSpeed("fast (2 threads)", 2, False),
                              EdgeSpeed("slow (1 thread)", 1, False)])
+    if args.device_gmacs:
+        # A real device is slower than this host's CPU, and the cloud faster: emulate it
+        # (sleep-padded, as the edge agent's runtime.emulate_gmacs does) so that splits
+        # have something to win.
+        speeds.append(EdgeSpeed(f"device ({args.device_gmacs:g} GMAC/s)", 1, False,
+                                args.device_gmacs))
     work = Path(tempfile.mkdtemp(prefix="tiersplit-bench-placement-"))
     core = None
     cells: list[Cell] = []
@@ -345,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                   for m, b in bundles.items()}
         for speed in speeds:
             with edge_context(speed, quota):
-                edges = {m: Edge(b, speed.threads) for m, b in bundles.items()}
+                edges = {m: Edge(b, speed.threads, speed.gmacs) for m, b in bundles.items()}
             profiles = {}
             for lname in link_names:
                 lp = all_links[lname]
@@ -364,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                                     bundles[m], threads=speed.threads, codecs=(args.codec,),
                                     runs=20 if args.quick else 40, progress=False,
                                     gap_ms=GAP_MS).using("mean")
+                                profiles[m] = emulated_profile(profiles[m], bundles[m],
+                                                               speed.gmacs)
                                 cuts = cut_profiles(profiles[m], clouds[m])
                                 for c in cuts:  # warm-up: sessions, queues, connection
                                     edges[m].run(c.cut_id, link, args.codec)

@@ -3,8 +3,9 @@
 Each suite is its own script (``bench/<suite>.py``) that prints rich tables of
 side-by-side figures measured in the same run; this runner calls them in turn, records
 the machine they ran on, embeds their tables and any PNG plots they wrote into
-``<out>/REPORT.md``. ``--quick`` passes ``--quick`` to every suite (whole run < 5 min on
-2 cores).
+``<out>/REPORT.md``. ``--quick`` runs each suite in a short form (:data:`QUICK_ARGS`;
+the whole run stays under 5 minutes on 2 cores); without it every suite runs in full
+(the soak alone is 10 minutes).
 
 Usage::
 
@@ -23,7 +24,18 @@ import sys
 import time
 from pathlib import Path
 
-SUITES = ["partition", "transport", "cloud", "edge", "placement"]
+SUITES = ["partition", "transport", "cloud", "edge", "placement", "soak"]
+#: Each suite's short form: fewer repetitions, and a subset of its matrix where the full
+#: one (models x links x edge speeds) would not fit the 5-minute budget.
+QUICK_ARGS: dict[str, list[str]] = {
+    "partition": ["--quick"],
+    "transport": ["--quick"],
+    "cloud": ["--quick"],
+    "edge": ["--quick", "--model", "zoo:mobilenet_like", "--profiles", "3g,4g,wifi"],
+    "placement": ["--quick", "--models", "mobilenet_like,transformer_encoder",
+                  "--image-size", "128", "--links", "3g,wifi"],
+    "soak": ["--minutes", "0.5", "--warmup-s", "10"],
+}
 HERE = Path(__file__).resolve().parent
 
 
@@ -58,9 +70,7 @@ def run_suite(name: str, quick: bool, out: Path, timeout: float) -> tuple[int, s
         return 127, f"(no {script.name})", 0.0
     plot_dir = out / name
     plot_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(script)]
-    if quick:
-        cmd.append("--quick")
+    cmd = [sys.executable, str(script), *(QUICK_ARGS[name] if quick else [])]
     env = dict(os.environ, TIERSPLIT_BENCH_OUT=str(plot_dir), COLUMNS="140",
                PYTHONUNBUFFERED="1")
     t0 = time.monotonic()
@@ -87,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(suites) - set(SUITES))
     if unknown:
         ap.error(f"unknown suites {unknown}; choose from {SUITES}")
-    timeout = args.timeout or (120 if args.quick else 1800)
+    timeout = args.timeout or (240 if args.quick else 1800)
     out: Path = args.out
     if out.exists():
         shutil.rmtree(out)
@@ -98,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
         f"- machine: {machine_description()}",
         f"- command: `python bench/run_all.py{' --quick' if args.quick else ''}`",
+        *(["- quick forms: " + "; ".join(f"`{s}.py {' '.join(a)}`"
+                                         for s, a in QUICK_ARGS.items() if s in suites)]
+          if args.quick else []),
         "",
         "Every figure below is a ratio or a side-by-side comparison measured in the same run.",
         "",
