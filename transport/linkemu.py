@@ -169,6 +169,11 @@ class _Conn:
             t.cancel()
 
 
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class LinkEmulator:
     """TCP proxy ``127.0.0.1:<port>`` -> ``target`` shaped by a :class:`LinkProfile`.
 
@@ -231,7 +236,12 @@ class LinkEmulator:
                 self._server.close()
             for c in list(self._conns):
                 c.abort()
-            await asyncio.sleep(0)
+            # Let every connection task finish (cancelled) so none is destroyed pending
+            # when the loop stops.
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.wait(rest, timeout=2) if rest else None
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(_shutdown(), loop).result(5)
@@ -394,6 +404,8 @@ class LinkEmulator:
                     self.bytes_down += len(piece)
 
         stages = [asyncio.ensure_future(transmit()), asyncio.ensure_future(deliver())]
+        for t in stages:  # a reset seen by a stage is handled below: mark it retrieved
+            t.add_done_callback(_retrieve)
         try:
             while True:
                 piece_len = int(min(_MAX_PIECE, max(_MIN_PIECE, rate() / 8 * 0.002)))
