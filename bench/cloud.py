@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -132,40 +130,15 @@ def _served(cfg: dict, tmp: Path, name: str):
     (zmq endpoint, http url); SIGTERM on exit."""
     import yaml
 
+    from tiersplit._demo_procs import Service, tiersplit_cmd
+
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "tiersplit.cli", "cloud", "serve",
-                             "--config", str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line.rstrip())
-            if line.startswith("READY "):
-                ready.set()
-        ready.set()
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
+    svc = Service(name, tiersplit_cmd("cloud", "serve", "--config", str(path))).start()
     try:
-        ready.wait(120)
-        line = next((x for x in lines if x.startswith("READY ")), None)
-        if line is None:
-            raise RuntimeError("cloud serve did not start: " + " | ".join(lines[-10:]))
-        fields = dict(part.split("=", 1) for part in line.split()[1:])
-        yield fields["zmq"], fields["http"]
+        yield svc.ready["zmq"], svc.ready["http"]
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        reader.join(10)
+        svc.stop(grace=60)
 
 
 def _metric(http: str, name: str) -> float:

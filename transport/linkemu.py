@@ -236,12 +236,14 @@ class LinkEmulator:
                 self._server.close()
             for c in list(self._conns):
                 c.abort()
-            # Let every connection task finish (cancelled) so none is destroyed pending
-            # when the loop stops.
+            # Aborted connections end their tasks by themselves; wait for that so none is
+            # destroyed pending when the loop stops, and cancel only what is left (asyncio
+            # logs an error for a cancelled client-connected task, so not those first).
             rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in rest:
-                t.cancel()
-            await asyncio.wait(rest, timeout=2) if rest else None
+            if rest:
+                _, pending = await asyncio.wait(rest, timeout=2)
+                for t in pending:
+                    t.cancel()
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(_shutdown(), loop).result(5)
