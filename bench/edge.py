@@ -23,12 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import selectors
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edge_agent import EdgeAgent, parse_config  # noqa: E402
+from tiersplit._demo_procs import Service, ServiceError, tiersplit_cmd  # noqa: E402
 from transport import keys  # noqa: E402
 from transport.linkemu import LinkEmulator, load_profiles  # noqa: E402
 
@@ -74,7 +71,7 @@ def _keys(work: Path) -> dict[str, Path]:
 
 
 def _start_cloud(work: Path, repo: Path, model: str, pub: Path, k: dict[str, Path],
-                 threads: int) -> tuple[subprocess.Popen, int]:
+                 threads: int) -> tuple[Service, int]:
     cfg = {
         "repository": str(repo), "signing_public_key": str(pub), "models": [{"name": model}],
         "transports": [{"kind": "zmq", "endpoints": ["tcp://127.0.0.1:0"],
@@ -86,21 +83,13 @@ def _start_cloud(work: Path, repo: Path, model: str, pub: Path, k: dict[str, Pat
     }
     path = work / "cloud.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    log = open(work / "cloud.log", "wb")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen([sys.executable, "-m", "tiersplit.cli", "cloud", "serve",
-                             "--config", str(path)], stdout=subprocess.PIPE, stderr=log,
-                            text=True)
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if sel.select(0.5):
-            line = proc.stdout.readline()
-            if line.startswith("READY"):
-                zmq_ep = dict(p.split("=", 1) for p in line.split()[1:])["zmq"].split(",")[0]
-                return proc, int(zmq_ep.rsplit(":", 1)[1])
-    proc.kill()
-    raise SystemExit(f"cloud core did not start: {(work / 'cloud.log').read_text()[-2000:]}")
+    try:
+        svc = Service("cloud", tiersplit_cmd("cloud", "serve", "--config", str(path)),
+                      log_path=work / "cloud.log").start(timeout=120)
+    except ServiceError as e:
+        raise SystemExit(f"cloud core did not start: {e}") from None
+    zmq_ep = svc.ready["zmq"].split(",")[0]
+    return svc, int(zmq_ep.rsplit(":", 1)[1])
 
 
 def _agent(bundle: Path, pub: Path, k: dict[str, Path], port: int, args: argparse.Namespace,
@@ -241,12 +230,8 @@ def main() -> None:
                                "chosen": res["policy"]["paths"].most_common(1)[0][0]}}
                 for p, res in results.items()}, indent=2))
     finally:
-        if cloud is not None and cloud.poll() is None:
-            os.kill(cloud.pid, signal.SIGTERM)
-            try:
-                cloud.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(cloud.pid, signal.SIGKILL)
+        if cloud is not None:
+            cloud.stop(grace=15)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -3,19 +3,14 @@ keys, waited on through their READY line and killed by PID."""
 
 from __future__ import annotations
 
-import os
-import selectors
 import shutil
-import signal
-import subprocess
-import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tiersplit._demo_procs import Service, tiersplit_cmd
 from transport import keys
 
 
@@ -51,28 +46,20 @@ class Keyring:
 
 @dataclass
 class CloudProc:
-    proc: subprocess.Popen
+    svc: Service
     zmq: str
     http: str
     log: Path
-    lines: list[str] = field(default_factory=list)
 
     @property
     def port(self) -> int:
         return int(self.zmq.rsplit(":", 1)[1])
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        self.svc.kill()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.svc.stop(grace=15)
 
 
 def start_cloud(work: Path, repo: Path, signing_pub: Path, ring: Keyring, model: str,
@@ -98,22 +85,7 @@ def start_cloud(work: Path, repo: Path, signing_pub: Path, ring: Keyring, model:
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     log = work / f"{name}.log"
-    proc = subprocess.Popen([sys.executable, "-m", "tiersplit.cli", "cloud", "serve",
-                             "--config", str(path)], stdout=subprocess.PIPE,
-                            stderr=open(log, "wb"), text=True)  # noqa: SIM115
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + 120
-    lines: list[str] = []
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"cloud core exited {proc.returncode}: {log.read_text()[-2000:]}")
-        if sel.select(timeout=0.5):
-            line = proc.stdout.readline()
-            lines.append(line)
-            if line.startswith("READY"):
-                parts = dict(p.split("=", 1) for p in line.split()[1:])
-                zmq_ep = parts.get("zmq", "tcp://127.0.0.1:0").split(",")[0]
-                return CloudProc(proc, zmq_ep, parts.get("http", ""), log, lines)
-    proc.kill()
-    raise RuntimeError(f"cloud core never printed READY: {log.read_text()[-2000:]}")
+    svc = Service(name, tiersplit_cmd("cloud", "serve", "--config", str(path)),
+                  log_path=log).start(timeout=120)
+    zmq_ep = svc.ready.get("zmq", "tcp://127.0.0.1:0").split(",")[0]
+    return CloudProc(svc, zmq_ep, svc.ready.get("http", ""), log)
