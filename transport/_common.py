@@ -16,10 +16,11 @@ from typing import Any
 
 from transport import wire
 from transport.base import PingResult, ServerHandler
-from transport.errors import LinkTimeout, TransportError, WireError
+from transport.errors import LinkClosed, LinkTimeout, TransportError, WireError
 from transport.messages import Ping, Pong, Reply, Request, Status
 
-__all__ = ["Pending", "Waker", "dispatch_client", "dispatch_server", "refuse", "settle"]
+__all__ = ["Pending", "Waker", "announce_state", "dispatch_client", "dispatch_server", "refuse",
+           "settle"]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,22 @@ class Pending:
     def __len__(self) -> int:
         with self._lock:
             return len(self._requests)
+
+
+def announce_state(connected: bool, callbacks: Sequence[Callable[[bool], None]],
+                   pending: Pending, lost: str) -> None:
+    """After a client link's ``connected`` flag changed: tell the subscribers and, on a
+    loss, fail every request in flight with ``LinkClosed(lost)`` at once (failover is the
+    caller's job, and it should not wait for the deadlines)."""
+    for cb in list(callbacks):
+        try:
+            cb(connected)
+        except Exception:
+            log.exception("on_state_change callback failed")
+    if not connected:
+        n = pending.fail_all(lambda: LinkClosed(lost))
+        if n:
+            log.warning("%d requests in flight failed: %s", n, lost)
 
 
 class Waker:

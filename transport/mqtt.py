@@ -44,7 +44,7 @@ import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from transport import aead, keys, wire
-from transport._common import Pending, dispatch_client, dispatch_server
+from transport._common import Pending, announce_state, dispatch_client, dispatch_server
 from transport.base import ClientLink, PingResult, ServerHandler, ServerLink
 from transport.config import MqttBrokerConfig, MqttClientConfig, MqttServerConfig
 from transport.errors import KeyFileError, LinkClosed, LinkTimeout, TransportError, WireError
@@ -481,15 +481,7 @@ class MqttClientLink(ClientLink):
             self._connected = value
             self._cv.notify_all()
         log.info("mqtt link of agent %s %s", self.agent_id, "up" if value else "down")
-        for cb in list(self._callbacks):
-            try:
-                cb(value)
-            except Exception:
-                log.exception("on_state_change callback failed")
-        if not value:
-            n = self._pending.fail_all(lambda: LinkClosed("lost the broker connection"))
-            if n:
-                log.warning("%d requests in flight failed: broker connection lost", n)
+        announce_state(value, self._callbacks, self._pending, "lost the broker connection")
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any,
                     props: Any) -> None:

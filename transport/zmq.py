@@ -35,7 +35,14 @@ import zmq.auth.thread
 from zmq.utils.monitor import recv_monitor_message
 
 from transport import keys, wire
-from transport._common import Pending, Waker, dispatch_client, dispatch_server, refuse
+from transport._common import (
+    Pending,
+    Waker,
+    announce_state,
+    dispatch_client,
+    dispatch_server,
+    refuse,
+)
 from transport.base import ClientLink, PingResult, ServerHandler, ServerLink
 from transport.config import ZmqClientConfig, ZmqServerConfig
 from transport.errors import AuthError, KeyFileError, LinkClosed, LinkTimeout
@@ -460,15 +467,8 @@ class ZmqClientLink(ClientLink):
             self._connected = value
             self._conn_cv.notify_all()
         log.info("zmq link to %s %s", self.endpoint, "up" if value else "down")
-        for cb in list(self._callbacks):
-            try:
-                cb(value)
-            except Exception:
-                log.exception("on_state_change callback failed")
-        if not value:
-            n = self._pending.fail_all(lambda: LinkClosed(f"lost the cloud at {self.endpoint}"))
-            if n:
-                log.warning("%d requests in flight failed: link to %s lost", n, self.endpoint)
+        announce_state(value, self._callbacks, self._pending,
+                       f"lost the cloud at {self.endpoint}")
 
     def _make_socket(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
