@@ -19,7 +19,7 @@ from transport.base import PingResult, ServerHandler
 from transport.errors import LinkClosed, LinkTimeout, TransportError, WireError
 from transport.messages import Ping, Pong, Reply, Request, Status
 
-__all__ = ["Pending", "Waker", "announce_state", "dispatch_client", "dispatch_server", "refuse",
+__all__ = ["LinkState", "Pending", "Waker", "dispatch_client", "dispatch_server", "refuse",
            "settle"]
 
 log = logging.getLogger(__name__)
@@ -127,20 +127,54 @@ class Pending:
             return len(self._requests)
 
 
-def announce_state(connected: bool, callbacks: Sequence[Callable[[bool], None]],
-                   pending: Pending, lost: str) -> None:
-    """After a client link's ``connected`` flag changed: tell the subscribers and, on a
-    loss, fail every request in flight with ``LinkClosed(lost)`` at once (failover is the
-    caller's job, and it should not wait for the deadlines)."""
-    for cb in list(callbacks):
-        try:
-            cb(connected)
-        except Exception:
-            log.exception("on_state_change callback failed")
-    if not connected:
-        n = pending.fail_all(lambda: LinkClosed(lost))
-        if n:
-            log.warning("%d requests in flight failed: %s", n, lost)
+class LinkState:
+    """The ``connected`` flag both client links keep, as a mixin (put it before
+    ``ClientLink``): waiting for it, state-change callbacks, and failing every request in
+    flight with ``LinkClosed`` on a loss, at once (failover is the caller's job, and it
+    should not wait for the deadlines).
+
+    The link's ``__init__`` calls :meth:`_init_state`; ``self._pending`` must exist.
+    """
+
+    _pending: Pending
+
+    def _init_state(self) -> None:
+        self._connected = False
+        self._cv = threading.Condition()  # the link may wait on it for its own reasons too
+        self._callbacks: list[Callable[[bool], None]] = []
+        self._closed = threading.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def wait_connected(self, timeout: float = 5.0) -> bool:
+        """Block until the link is usable (True) or ``timeout`` (False)."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._connected or self._closed.is_set(),
+                                     timeout) and self._connected
+
+    def on_state_change(self, callback: Callable[[bool], None]) -> None:
+        self._callbacks.append(callback)
+
+    def _change_state(self, connected: bool, what: str, lost: str) -> None:
+        """Set the flag; on a change log it (``what`` names the link), tell the
+        subscribers and, on a loss, fail what is in flight with ``LinkClosed(lost)``."""
+        with self._cv:
+            if connected == self._connected:
+                return
+            self._connected = connected
+            self._cv.notify_all()
+        log.info("%s %s", what, "up" if connected else "down")
+        for cb in list(self._callbacks):
+            try:
+                cb(connected)
+            except Exception:
+                log.exception("on_state_change callback failed")
+        if not connected:
+            n = self._pending.fail_all(lambda: LinkClosed(lost))
+            if n:
+                log.warning("%d requests in flight failed: %s", n, lost)
 
 
 class Waker:

@@ -44,7 +44,7 @@ import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from transport import aead, keys, wire
-from transport._common import Pending, announce_state, dispatch_client, dispatch_server
+from transport._common import LinkState, Pending, dispatch_client, dispatch_server
 from transport.base import ClientLink, PingResult, ServerHandler, ServerLink
 from transport.config import MqttBrokerConfig, MqttClientConfig, MqttServerConfig
 from transport.errors import KeyFileError, LinkClosed, LinkTimeout, TransportError, WireError
@@ -323,7 +323,7 @@ class MqttServerLink(ServerLink):
             self._inflight.add(info)
 
 
-class MqttClientLink(ClientLink):
+class MqttClientLink(LinkState, ClientLink):
     """Edge side of the MQTT link. Connects in the background at construction.
 
     ``connected`` is True while the broker connection is up, the reply topic is
@@ -348,12 +348,9 @@ class MqttClientLink(ClientLink):
                                                    "rep"), agent_id, "rep",
                                    aead.ReplayWindow(replay_window, max_skew_s))
         self._pending = Pending()
-        self._connected = False
+        self._init_state()
         self._subscribed = False
         self._replicas: set[str] = set()
-        self._cv = threading.Condition()
-        self._callbacks: list = []
-        self._closed = threading.Event()
         self._client = _make_client(broker, f"tiersplit-agent-{agent_id}-{uuid.uuid4().hex[:8]}")
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
@@ -392,19 +389,6 @@ class MqttClientLink(ClientLink):
             return frozenset(self._replicas)
 
     # -- ClientLink -------------------------------------------------------------------
-
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
-    def wait_connected(self, timeout: float = 5.0) -> bool:
-        """Block until connected and subscribed (True) or ``timeout`` (False)."""
-        with self._cv:
-            return self._cv.wait_for(lambda: self._connected or self._closed.is_set(),
-                                     timeout) and self._connected
-
-    def on_state_change(self, callback: Any) -> None:
-        self._callbacks.append(callback)
 
     def _publish(self, frames: list) -> None:
         info = self._client.publish(self.request_topic,
@@ -475,13 +459,9 @@ class MqttClientLink(ClientLink):
                 self._cv.wait(wait)
 
     def _set_connected(self, value: bool) -> None:
-        with self._cv:
-            if value == self._connected:
-                return
-            self._connected = value
-            self._cv.notify_all()
-        log.info("mqtt link of agent %s %s", self.agent_id, "up" if value else "down")
-        announce_state(value, self._callbacks, self._pending, "lost the broker connection")
+        # "connected" means the broker is up and a cloud replica is present
+        self._change_state(value, f"mqtt link of agent {self.agent_id}",
+                           "lost the broker connection")
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any,
                     props: Any) -> None:

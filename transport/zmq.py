@@ -36,9 +36,9 @@ from zmq.utils.monitor import recv_monitor_message
 
 from transport import keys, wire
 from transport._common import (
+    LinkState,
     Pending,
     Waker,
-    announce_state,
     dispatch_client,
     dispatch_server,
     refuse,
@@ -338,7 +338,7 @@ class ZmqServerLink(ServerLink):
             log.exception("server handler failed on a message from %s", agent_id)
 
 
-class ZmqClientLink(ClientLink):
+class ZmqClientLink(LinkState, ClientLink):
     """Edge side of the ZeroMQ link: one DEALER connected to one cloud endpoint.
 
     Connects in the background at construction; see :attr:`connected` and
@@ -365,10 +365,7 @@ class ZmqClientLink(ClientLink):
         self._pending = Pending()
         self._outbox: collections.deque[tuple[str | int, list]] = collections.deque()
         self._waker = Waker()
-        self._connected = False
-        self._conn_cv = threading.Condition()
-        self._callbacks: list = []
-        self._closed = threading.Event()
+        self._init_state()
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self._ctx = zmq.Context()
@@ -392,19 +389,6 @@ class ZmqClientLink(ClientLink):
                    limits=cfg.limits.to_limits())
 
     # -- ClientLink -------------------------------------------------------------------
-
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
-    def wait_connected(self, timeout: float = 5.0) -> bool:
-        """Block until the handshake with the cloud succeeded (True) or ``timeout``."""
-        with self._conn_cv:
-            return self._conn_cv.wait_for(lambda: self._connected or self._closed.is_set(),
-                                          timeout) and self._connected
-
-    def on_state_change(self, callback: Any) -> None:
-        self._callbacks.append(callback)
 
     def submit(self, request: Request) -> Future[Reply]:
         request.agent_id = self.agent_id
@@ -461,14 +445,8 @@ class ZmqClientLink(ClientLink):
     # -- I/O thread -------------------------------------------------------------------
 
     def _set_connected(self, value: bool) -> None:
-        with self._conn_cv:
-            if value == self._connected:
-                return
-            self._connected = value
-            self._conn_cv.notify_all()
-        log.info("zmq link to %s %s", self.endpoint, "up" if value else "down")
-        announce_state(value, self._callbacks, self._pending,
-                       f"lost the cloud at {self.endpoint}")
+        self._change_state(value, f"zmq link to {self.endpoint}",
+                           f"lost the cloud at {self.endpoint}")
 
     def _make_socket(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
