@@ -49,6 +49,9 @@ __all__ = [
 # A transfer shorter than this is below the timing noise: it only bounds bandwidth from
 # below (the link is at least this fast), it does not measure it.
 _NOISE_FLOOR_MS = 1.0
+#: After an OVERLOADED reply, pongs do not lower that endpoint's queue estimate for this
+#: long; real replies (exploration) still do, so a recovered cloud is found again.
+OVERLOAD_HOLD_S = 10.0
 
 
 class RobustEwma:
@@ -227,6 +230,7 @@ class _CloudState:
     tail: dict[str, RobustEwma] = field(default_factory=dict)
     available: bool = True
     link: LinkEstimator | None = None
+    overload_until: float = -math.inf  # pongs may not lower the queue estimate before
 
 
 class Policy:
@@ -339,12 +343,14 @@ class Policy:
     def observe_overload(self, endpoint: str, elapsed_ms: float, batch: int = 1) -> None:
         """The cloud refused a request (queue full): charge its queue at least what the
         device would have taken, so back-pressure moves work edge-ward. The tail time is
-        not touched (nothing ran); pongs and later replies bring the queue back down."""
+        not touched (nothing ran). Later replies bring the queue back down, and pongs do after
+        ``OVERLOAD_HOLD_S``."""
         with self._lock:
             st = self._clouds.get(endpoint)
             if st is None:
                 return
             st.queue.update(max(elapsed_ms, self._edge_prediction(batch).total_ms))
+            st.overload_until = self._clock() + OVERLOAD_HOLD_S
 
     def observe_ping(self, endpoint: str, payload_bytes: int, rtt_ms: float,
                      queue_ms: float | None = None) -> None:
@@ -357,7 +363,9 @@ class Policy:
                 st.link.observe_rtt(rtt_ms)
             else:
                 st.link.observe_transfer(payload_bytes, 0, rtt_ms)
-            if queue_ms is not None:
+            # A pong reports the queue of the requests the cloud accepted; right after it
+            # refused ours that says nothing about admission, so it waits for the hold.
+            if queue_ms is not None and self._clock() >= st.overload_until:
                 st.queue.update(queue_ms)
 
     def set_available(self, endpoint: str, available: bool) -> None:

@@ -265,3 +265,22 @@ def test_overloaded_replies_charge_the_queue_not_the_tail() -> None:
     for _ in range(5):
         pol.observe_overload("a", elapsed_ms=5.0)
     assert pol.decide().cut_id == "edge"
+
+
+def test_pongs_do_not_undo_an_overload_before_the_hold() -> None:
+    """An idle cloud's pong (queue 0) right after OVERLOADED replies would send the agent
+    straight back into the refusals; it counts only once the hold has passed."""
+    from edge_agent.policy import OVERLOAD_HOLD_S
+
+    clock = Clock()
+    pol = make_policy(clock=clock)
+    feed_link(pol, "a", 100 * 125_000, rtt_ms=4)
+    for _ in range(5):
+        pol.observe_overload("a", elapsed_ms=5.0)
+    for _ in range(10):
+        pol.observe_ping("a", 0, 4.0, queue_ms=0.0)
+    assert pol.decide().cut_id == "edge"
+    clock.t += OVERLOAD_HOLD_S
+    for _ in range(10):
+        pol.observe_ping("a", 0, 4.0, queue_ms=0.0)
+    assert pol.decide().cut_id == "k2"
