@@ -19,7 +19,7 @@ asks Triton's ORT for CUDA too.
 
 Usage::
 
-    python bench/cloud.py [--quick] [--device cpu|cuda] [--seconds S] [--no-triton]
+    python -m bench.cloud [--quick] [--device cpu|cuda] [--seconds S] [--no-triton]
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -93,12 +92,12 @@ def _closed_loop(call, senders: int, seconds: float, warmup: float) -> Cell:
 
 
 def _build(tmp: Path, width: int, layers: int):
-    from tests.cloud import _bundles
+    from tiersplit.devtools import bundles as test_bundles
     from transport import keys
 
     secret, public = keys.generate("ed25519", tmp / "keys", "signing")
     sk = keys.load_ed25519_private(secret)
-    _bundles.build_bundle(tmp / "bundles", "wide", "1", _bundles.wide(1, width, layers), sk)
+    test_bundles.build_bundle(tmp / "bundles", "wide", "1", test_bundles.wide(1, width, layers), sk)
     return public
 
 
@@ -130,7 +129,7 @@ def _served(cfg: dict, tmp: Path, name: str):
     (zmq endpoint, http url); SIGTERM on exit."""
     import yaml
 
-    from tiersplit._demo_procs import Service, tiersplit_cmd
+    from tiersplit.devtools.services import Service, tiersplit_cmd
 
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -276,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cloud_core import CloudCore, parse_config
     from cloud_core.triton_export import export_triton
-    from partitioner.bundle import Bundle
+    from contract.bundle import Bundle
     from transport import keys
 
     results: dict[tuple[str, int], Cell] = {}
@@ -303,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                 core.stop(grace=5)
         triton_note = ""
         if not args.no_triton:
-            from cloud_core.triton_local import TritonUnavailable, run_triton
+            from tiersplit.devtools.triton_local import TritonUnavailable, run_triton
 
             export_triton(bundle, tmp / "triton", max_batch=args.max_batch,
                           max_queue_delay_us=int(args.delay_ms * 1000),

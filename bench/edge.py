@@ -1,6 +1,6 @@
 """Edge agent benchmark: every cut end to end through the link emulator, vs the policy.
 
-    python bench/edge.py [--quick] [--model zoo:resnet_like] [--profiles 3g,4g,wifi,lan]
+    python -m bench.edge [--quick] [--model zoo:resnet_like] [--profiles 3g,4g,wifi,lan]
                          [--edge-gmacs 0.5] [--codec int8+lz4] [--requests N]
 
 For each link profile of ``configs/links.yaml`` a real ``tiersplit cloud serve`` process
@@ -38,10 +38,9 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from edge_agent import EdgeAgent, parse_config  # noqa: E402
-from tiersplit._demo_procs import Service, ServiceError, tiersplit_cmd  # noqa: E402
+from tiersplit.devtools.services import Service, ServiceError, tiersplit_cmd  # noqa: E402
 from transport import keys  # noqa: E402
 from transport.linkemu import LinkEmulator, load_profiles  # noqa: E402
 

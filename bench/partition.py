@@ -13,7 +13,7 @@ default (QDQ, U8S8, per-channel) was chosen.
 
 Usage::
 
-    python bench/partition.py [--quick] [--models digits_cnn,resnet_like] [--variants]
+    python -m bench.partition [--quick] [--models digits_cnn,resnet_like] [--variants]
                               [--plot out.png]
 """
 
@@ -30,14 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from rich.console import Console
 from rich.table import Table
 
-from partitioner import _ortutil, zoo
-from partitioner.bundle import Bundle
+from contract.bundle import Bundle
+from partitioner import ortutil, zoo
 
 CNNS = ("digits_cnn", "resnet_like", "mobilenet_like")
 GOAL = 0.6
@@ -71,7 +68,7 @@ def time_pair(a_path: Path, b_path: Path, feeds: dict[str, np.ndarray], rounds: 
         (median a ms, median b ms, median of per-round b/a, min b / min a): the last is
         the least noise-sensitive estimate of the intrinsic cost on a busy machine.
     """
-    sa, sb = _ortutil.session(a_path, threads=1), _ortutil.session(b_path, threads=1)
+    sa, sb = ortutil.session(a_path, threads=1), ortutil.session(b_path, threads=1)
     fa = {i.name: feeds[i.name] for i in sa.get_inputs()}
     fb = {i.name: feeds[i.name] for i in sb.get_inputs()}
     for _ in range(max(5, iters // 2)):
@@ -164,11 +161,11 @@ def run_variants(name: str, rounds: int, iters: int) -> None:
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from partitioner import _load
+    from partitioner import load
     from partitioner.graph import analyze
     from partitioner.quantize import CalibrationSet, QuantConfig, quantize
 
-    info = analyze(_load.load(f"zoo:{name}", None).model)
+    info = analyze(load.load(f"zoo:{name}", None).model)
     zm = zoo.get(name)
     calib = CalibrationSet(dict(zip(zm.input_names, zm.example_inputs(32, 0), strict=True)))
     feeds = dict(zip(zm.input_names, zm.example_inputs(1, seed=11), strict=True))

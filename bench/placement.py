@@ -19,7 +19,7 @@ fast edge gets 2 ORT threads and the slow one 1.
 
 Usage::
 
-    python bench/placement.py [--quick] [--models a,b,c] [--links 3g,4g,wifi,lan]
+    python -m bench.placement [--quick] [--models a,b,c] [--links 3g,4g,wifi,lan]
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from partitioner.placement import (  # noqa: E402
+from partitioner.profile import trimmed_mean  # noqa: E402
+from placement import (  # noqa: E402
     CloudEstimate,
     Constraints,
     CutProfile,
@@ -54,7 +54,6 @@ from partitioner.placement import (  # noqa: E402
     cut_profiles,
     predict,
 )
-from partitioner.profile import trimmed_mean  # noqa: E402
 
 console = Console(width=int(os.environ.get("COLUMNS", "140")))
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
@@ -131,7 +130,7 @@ class Edge:
     """Heads of one bundle on this thread, sending through one client link."""
 
     def __init__(self, bundle, threads: int, gmacs: float | None = None) -> None:
-        from partitioner.profile import _feeds, session
+        from partitioner.profile import session, session_feeds
 
         self.bundle, self.m = bundle, bundle.manifest
         self.gmacs = gmacs
@@ -140,7 +139,7 @@ class Edge:
             if c.is_cloud:
                 continue
             self.sessions[c.id] = session(bundle.file(c.head or self.m.full_int8), threads)
-        self.inputs = _feeds(self.sessions["edge"], 1)
+        self.inputs = session_feeds(self.sessions["edge"], 1)
 
     def run(self, cut_id: str, link, codec: str) -> float:
         from transport.messages import Request
@@ -215,8 +214,8 @@ def build_bundles(models: list[str], repo: Path, max_cuts: int, image_size: int)
     """Partition the zoo models; image models at ``image_size`` (their pooling is
     adaptive), so the edge has work worth splitting: at 64x64 every zoo model runs in
     well under a millisecond and "all on the edge" wins on every link."""
+    from contract.bundle import Bundle
     from partitioner import partition, zoo
-    from partitioner.bundle import Bundle
 
     out = {}
     for name in models:

@@ -9,7 +9,7 @@ the whole run stays under 5 minutes on 2 cores); without it every suite runs in 
 
 Usage::
 
-    python bench/run_all.py [--quick] [--out bench/out] [--only partition,cloud]
+    python -m bench.run_all [--quick] [--out bench/out] [--only partition,cloud]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def run_suite(name: str, quick: bool, out: Path, timeout: float) -> tuple[int, s
         return 127, f"(no {script.name})", 0.0
     plot_dir = out / name
     plot_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(script), *(QUICK_ARGS[name] if quick else [])]
+    cmd = [sys.executable, "-m", f"bench.{name}", *(QUICK_ARGS[name] if quick else [])]
     env = dict(os.environ, TIERSPLIT_BENCH_OUT=str(plot_dir), COLUMNS="140",
                PYTHONUNBUFFERED="1")
     t0 = time.monotonic()
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"- date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
         f"- machine: {machine_description()}",
-        f"- command: `python bench/run_all.py{' --quick' if args.quick else ''}`",
+        f"- command: `python -m bench.run_all{' --quick' if args.quick else ''}`",
         *(["- quick forms: " + "; ".join(f"`{s}.py {' '.join(a)}`"
                                          for s, a in QUICK_ARGS.items() if s in suites)]
           if args.quick else []),

@@ -19,8 +19,8 @@ request was lost (and, with ``--strict``, if an RSS goal was missed).
 
 Usage::
 
-    python bench/soak.py --quick
-    python bench/soak.py --minutes 10 --agents 4
+    python -m bench.soak --quick
+    python -m bench.soak --minutes 10 --agents 4
 """
 
 from __future__ import annotations
@@ -44,9 +44,8 @@ from rich.console import Console
 from rich.table import Table
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from tiersplit._demo_procs import Service, tiersplit_cmd  # noqa: E402
+from tiersplit.devtools.services import Service, tiersplit_cmd  # noqa: E402
 from transport import keys  # noqa: E402
 
 MODELS = ("digits_cnn", "mobilenet_like")
@@ -181,7 +180,7 @@ class Load:
 
     @staticmethod
     def _request(repo: Path, model: str) -> tuple[bytes, dict[str, str]]:
-        from partitioner.bundle import Manifest
+        from contract.bundle import Manifest
 
         m = Manifest.model_validate(yaml.safe_load((repo / model / "1" / "manifest.yaml")
                                                    .read_bytes()))

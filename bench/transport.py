@@ -1,6 +1,6 @@
 """Transport benchmark: codecs, links and bytes on the wire, side by side in one run.
 
-    python bench/transport.py [--quick] [--bundle BUNDLE_DIR]
+    python -m bench.transport [--quick] [--bundle BUNDLE_DIR]
 
 Prints four tables:
 
@@ -37,8 +37,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO))
 
 from transport import wire  # noqa: E402
 from transport.messages import Reply, Request  # noqa: E402
@@ -331,8 +329,8 @@ def main() -> None:
 
     # 2 + 3. links
     import transport
+    from tiersplit.devtools.mosquitto import MosquittoBroker, find_mosquitto
     from transport import keys
-    from transport._mosquitto import MosquittoBroker, find_mosquitto
     from transport.config import (
         MqttBrokerConfig,
         MqttClientConfig,

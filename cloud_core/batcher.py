@@ -3,7 +3,7 @@
 Mechanism first (pure, tested without threads): :func:`take_batch` pops expired entries
 and the next batch from a queue; :func:`ready_at` says when a partial batch should go.
 The driver, :class:`Batcher`, runs one named dispatcher thread per queue and a sized
-executor shared by all queues (STYLE #9):
+executor shared by all queues:
 
 - A dispatcher forms a batch only once a worker slot is free, so while the backend is
   busy requests accumulate and the next batch is bigger (batching that adapts to load),

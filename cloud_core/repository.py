@@ -30,8 +30,8 @@ import numpy as np
 
 from cloud_core.backends import Backend, BackendFactory
 from cloud_core.errors import BackendError, ModelNotFound, RepositoryError, VersionMismatch
-from partitioner.bundle import MANIFEST, SIGNATURE, Bundle, CutSpec
-from partitioner.errors import BundleError
+from contract.bundle import MANIFEST, SIGNATURE, Bundle, CutSpec
+from contract.errors import BundleError
 
 __all__ = ["LoadedVersion", "Repository", "version_key"]
 

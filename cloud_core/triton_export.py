@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloud_core.backends.base import tail_file
-from partitioner.bundle import Bundle, TensorSpec
+from contract.bundle import Bundle, TensorSpec
 
 __all__ = [
     "TRITON_DTYPES",

@@ -1,4 +1,4 @@
-"""Request validation against the manifest: the contract at the cut (STYLE #4).
+"""Request validation against the manifest: the contract at the cut.
 
 Pure: takes a decoded request and the repository, returns what the batcher needs or
 raises a typed error that says expected vs actual. Nothing here computes; an invalid
@@ -13,7 +13,7 @@ import numpy as np
 
 from cloud_core.errors import CutNotFound, DeadlineExceeded, InvalidInput
 from cloud_core.repository import LoadedVersion, Repository
-from partitioner.bundle import CutSpec
+from contract.bundle import CutSpec
 from transport.messages import Request
 
 __all__ = ["Validated", "validate_request"]

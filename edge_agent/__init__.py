@@ -5,7 +5,7 @@ request at the cut the runtime policy predicts fastest, and never loses a reques
 (failover to the next cloud endpoint, else local execution). See ``configs/edge.yaml``.
 """
 
-from edge_agent._agent import EdgeAgent
+from edge_agent.agent import EdgeAgent
 from edge_agent.client import LOCAL_PATH, InferResult, RequestHandle
 from edge_agent.config import EdgeConfig, load_config, parse_config
 from edge_agent.errors import (

@@ -40,9 +40,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from contract.bundle import Manifest, TensorSpec
 from edge_agent.client import InferResult, RequestHandle
 from edge_agent.errors import AgentNotReady, EdgeError, InvalidInput, ModelNotFound, Unauthorized
-from partitioner.bundle import Manifest, TensorSpec
 
 __all__ = [
     "HEADER_LENGTH",
@@ -397,7 +397,7 @@ def build_app(plane: Dataplane, *, token: str | None = None,
         return JSONResponse(plane.status())
 
     async def metrics(_request: Request) -> Response:
-        from edge_agent._metrics import CONTENT_TYPE
+        from edge_agent.metrics import CONTENT_TYPE
 
         return Response(plane.metrics_text(), media_type=CONTENT_TYPE)
 

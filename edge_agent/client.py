@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from contract.bundle import EDGE_CUT
 from edge_agent.config import EdgeConfig
 from edge_agent.errors import InferenceFailed, InvalidInput, Overloaded
 from edge_agent.policy import Choice, Policy
 from edge_agent.runtime import EdgeRuntime
-from partitioner.bundle import EDGE_CUT
 from transport import wire
 from transport.base import ClientLink
 from transport.errors import LinkClosed, LinkTimeout, TransportError
@@ -177,7 +177,7 @@ class InferResult:
 
 
 class RequestHandle:
-    """Work in flight (STYLE #11): an id now, the outcome with :meth:`result` later."""
+    """Work in flight: an id now, the outcome with :meth:`result` later."""
 
     def __init__(self, request_id: str, future: cf.Future[InferResult]) -> None:
         self.request_id = request_id
@@ -234,7 +234,7 @@ class EdgeClient:
         policy: the placement policy (fed with every observation made here).
         links: endpoint name -> connected client link (residency already applied).
         cfg: the agent config.
-        metrics: optional sink for counters (see ``edge_agent._metrics``).
+        metrics: optional sink for counters (see ``edge_agent.metrics``).
     """
 
     def __init__(self, runtime: EdgeRuntime, policy: Policy, links: Mapping[str, ClientLink],

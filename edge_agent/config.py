@@ -122,7 +122,7 @@ class RuntimeConfig(_Section):
     Attributes:
         intra_op_threads: threads per ORT session run (the device's cores for the head).
         inter_op_threads: ORT inter-op threads.
-        workers: requests processed concurrently (sized executor, STYLE #9).
+        workers: requests processed concurrently (a sized executor).
         warmup_runs: untimed runs per model at start (ORT allocates on first runs).
         measure_runs: timed runs per model at start; the median seeds head latency.
         emulate_gmacs: emulate a slower device (tests, benchmarks, demos on a fast host):

@@ -165,7 +165,7 @@ class _Collector:
 def _edge_files(bundle: Path) -> list[str]:
     """The bundle files a device needs: manifest, signature, int8 heads and full model
     (fp32 tails stay in the cloud)."""
-    from partitioner.bundle import MANIFEST, SIGNATURE, Manifest
+    from contract.bundle import MANIFEST, SIGNATURE, Manifest
 
     try:
         manifest = Manifest.model_validate(yaml.safe_load((bundle / MANIFEST).read_bytes()))

@@ -1,9 +1,9 @@
 """Runtime placement: which cut (and which cloud endpoint) serves the next request.
 
-Pure logic, no sockets and no threads of its own (STYLE #2): the client feeds it what it
+Pure logic, no sockets and no threads of its own: the client feeds it what it
 observes — reply timings, ping round trips, bytes on the wire, head latencies — and asks
 :meth:`Policy.decide` before each request. The prediction itself is
-``partitioner.placement``'s cost model, the same one the offline tuner uses, so the
+``placement``'s cost model, the same one the offline tuner uses, so the
 runtime and the tuner never disagree on what "faster" means.
 
 Estimators are median-of-window filters followed by an EWMA: one outlier (a GC pause, a
@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from contract.bundle import CLOUD_CUT, EDGE_CUT, Manifest
 from edge_agent.config import PolicyConfig
-from partitioner.bundle import CLOUD_CUT, EDGE_CUT, Manifest
-from partitioner.placement import (
+from placement import (
     CloudEstimate,
     Constraints,
     CutProfile,

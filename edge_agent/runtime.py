@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from contract.bundle import CLOUD_CUT, EDGE_CUT, Bundle, TensorSpec
+from contract.errors import BundleError
 from edge_agent.errors import BundleRefused, InvalidInput
-from partitioner.bundle import CLOUD_CUT, EDGE_CUT, Bundle, TensorSpec
-from partitioner.errors import BundleError
 from transport.errors import KeyFileError
 from transport.keys import load_ed25519_public
 
@@ -129,7 +129,7 @@ class EdgeRuntime:
 
     def validate_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check names, dtypes and per-sample shapes against the manifest; say expected vs
-        actual (STYLE #4). Returns C-contiguous arrays in manifest order.
+        actual. Returns C-contiguous arrays in manifest order.
 
         Raises:
             InvalidInput: missing/extra names, wrong dtype, shape or batch mismatch.

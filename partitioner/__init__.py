@@ -1,8 +1,8 @@
 """partitioner: model -> graph -> candidate cuts -> int8 heads / fp32 tails -> signed bundle.
 
-The package root imports nothing heavy: the edge agent imports ``partitioner.bundle`` and
-``partitioner.placement`` (no torch, no onnx). ``partition`` and the analysis modules
-are loaded on first use.
+Offline tooling: it may import torch and onnx, and neither service imports it. The
+package root imports nothing heavy; ``partition`` and the analysis modules are loaded on
+first use, so ``tiersplit --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["bundle", "errors", "graph", "partition", "quantize", "split", "verify_bundle", "zoo"]
+__all__ = ["errors", "graph", "partition", "quantize", "split", "verify_bundle", "zoo"]
 
-_LAZY_MODULES = {"bundle", "errors", "graph", "quantize", "split", "zoo", "check"}
+_LAZY_MODULES = {"errors", "graph", "quantize", "split", "zoo", "check"}
 
 
 def __getattr__(name: str) -> Any:
     if name == "partition":
-        from partitioner._pipeline import partition
+        from partitioner.pipeline import partition
 
         return partition
     if name == "verify_bundle":

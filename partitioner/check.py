@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from partitioner import _ortutil
-from partitioner.bundle import Bundle, CutSpec, TensorSpec
+from contract.bundle import Bundle, CutSpec, TensorSpec
+from partitioner import ortutil
 from partitioner.errors import PartitionError, VerificationError
 from partitioner.split import TOLERANCE, compare, run_split
 
-SAMPLES_FILE = "samples.npz"  # written by partition(); see partitioner._pipeline
+SAMPLES_FILE = "samples.npz"  # written by partition(); see partitioner.pipeline
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _check_io(kind: str, args, specs: list[TensorSpec], cut_id: str) -> None:
 def _check_cut(b: Bundle, cut: CutSpec, full, feeds, ref, classification: bool) -> CutCheck:
     m = b.manifest
     if cut.is_cloud:
-        tail = _ortutil.session(b.file(cut.tail or m.full_fp32))
+        tail = ortutil.session(b.file(cut.tail or m.full_fp32))
         _check_io("tail inputs", tail.get_inputs(), cut.tensors, cut.id)
         got = tail.run(None, feeds)
         c = compare(ref, got, classification)
@@ -103,25 +103,25 @@ def _check_cut(b: Bundle, cut: CutSpec, full, feeds, ref, classification: bool) 
                                     f"{c.max_abs:.3g}")
         return CutCheck(cut.id, cut.depth, True, c.relative, 1.0, c.top1_agreement)
     if cut.is_edge:
-        head = _ortutil.session(b.file(cut.head or m.full_int8))
+        head = ortutil.session(b.file(cut.head or m.full_int8))
         _check_io("head outputs", head.get_outputs(), m.outputs, cut.id)
         c = compare(ref, head.run(None, feeds), classification)
         return CutCheck(cut.id, cut.depth, True, None, c.cosine, c.top1_agreement)
     if not (cut.head and cut.tail):
         raise VerificationError(f"cut {cut.id}: manifest lacks its head or tail file")
-    tail = _ortutil.session(b.file(cut.tail))
+    tail = ortutil.session(b.file(cut.tail))
     _check_io("tail inputs", tail.get_inputs(), cut.tensors, cut.id)
     _check_io("tail outputs", tail.get_outputs(), m.outputs, cut.id)
     rel = None
     if cut.head_fp32 and (b.path / cut.head_fp32).exists():
-        head32 = _ortutil.session(b.file(cut.head_fp32))
+        head32 = ortutil.session(b.file(cut.head_fp32))
         _check_io("head outputs", head32.get_outputs(), cut.tensors, cut.id)
         c32 = compare(ref, run_split(head32, tail, feeds))
         rel = c32.relative
         if rel > TOLERANCE:
             raise VerificationError(f"cut {cut.id}: fp32 head -> tail differs from the full "
                                     f"model by {c32.max_abs:.3g} (scale {c32.scale:.3g})")
-    head8 = _ortutil.session(b.file(cut.head))
+    head8 = ortutil.session(b.file(cut.head))
     _check_io("head outputs", head8.get_outputs(), cut.tensors, cut.id)
     c8 = compare(ref, run_split(head8, tail, feeds), classification)
     return CutCheck(cut.id, cut.depth, True, rel, c8.cosine, c8.top1_agreement)
@@ -158,7 +158,7 @@ def verify_bundle(path: Path | str, public_key=None, *, samples: int = 8, seed: 
         with np.load(b.path / SAMPLES_FILE, allow_pickle=False) as z:
             if all(s.name in z.files for s in m.inputs):
                 feeds = {s.name: z[s.name][:samples] for s in m.inputs}
-    full = _ortutil.session(b.file(m.full_fp32))
+    full = ortutil.session(b.file(m.full_fp32))
     ref = full.run(None, feeds)
     checks: list[CutCheck] = []
     for cut in m.cuts:

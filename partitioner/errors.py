@@ -1,4 +1,4 @@
-"""Errors of the partitioner and the bundle format.
+"""Errors of the partitioner (the bundle format's own live in :mod:`contract.errors`).
 
 The CLI prints ``str(error)`` as one line and exits non-zero; the cloud core maps
 ``BundleError`` subclasses to a refused load. Each message says what to try.
@@ -29,19 +29,3 @@ class QuantizationError(PartitionError):
 
 class VerificationError(PartitionError):
     """head -> tail differs from the full model beyond tolerance."""
-
-
-class BundleError(PartitionError):
-    """A bundle is malformed, incomplete or untrusted."""
-
-
-class BundleExists(BundleError):
-    """Bundles are immutable: that model/version directory already exists."""
-
-
-class HashMismatch(BundleError):
-    """A file's sha256 differs from the manifest (tampered or corrupt)."""
-
-
-class SignatureError(BundleError):
-    """Missing, malformed or wrong Ed25519 signature of the manifest."""

@@ -267,7 +267,7 @@ def analyze(model: onnx.ModelProto) -> GraphInfo:
     """
     import onnxruntime as ort
 
-    from partitioner import _ortutil
+    from partitioner import ortutil
 
     graph = model.graph
     weights = {i.name: tuple(i.dims) for i in graph.initializer}
@@ -323,11 +323,11 @@ def analyze(model: onnx.ModelProto) -> GraphInfo:
                 name, helper.np_dtype_to_tensor_dtype(np.dtype(dtypes[name])), None))
             exposed.append(name)
     measured: list[dict[str, tuple[int, ...]]] = []
-    in_specs = _ortutil.input_specs(model)
+    in_specs = ortutil.input_specs(model)
     try:
-        sess = _ortutil.session(probe, optimize=False)
+        sess = ortutil.session(probe, optimize=False)
         for batch in (1, 2):
-            feeds = _ortutil.random_feeds(in_specs, batch, seed=batch)
+            feeds = ortutil.random_feeds(in_specs, batch, seed=batch)
             vals = sess.run(exposed, feeds)
             shapes = {k: tuple(v.shape) for k, v in feeds.items()}
             shapes.update({k: tuple(np.asarray(v).shape) for k, v in zip(exposed, vals,

@@ -6,7 +6,7 @@ threads, plus the wire bytes and encode/decode time of each codec on real activa
 ``profile_cloud`` on the cloud host (fp32 tails at batch 1..N with the execution provider
 the cloud uses), ``profile_link`` from the device against a running cloud core (probes of
 several sizes, RTT and bandwidths from a least-squares fit). The results are the files
-of :mod:`partitioner.placement._profiles`; ``dag_for_bundle`` turns a profile into
+of :mod:`placement.profiles`; ``dag_for_bundle`` turns a profile into
 per-node costs for the DADS min-cut.
 
 ONNX Runtime and the transport are imported inside the functions: importing this module
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from partitioner.bundle import Bundle, CutSpec
-from partitioner.placement import (
+from contract.bundle import Bundle, CutSpec
+from placement import (
     CloudProfile,
     CutProfile,
     Dag,
@@ -35,7 +35,7 @@ from partitioner.placement import (
     LinkProfile,
     machine_description,
 )
-from partitioner.placement._profiles import now_iso
+from placement.profiles import now_iso
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def session(path: Path, threads: int = 1, providers: Sequence[str] | None = None
     return ort.InferenceSession(str(path), so, providers=prov)
 
 
-def _feeds(sess: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+def session_feeds(sess: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
     for i in sess.get_inputs():
@@ -209,7 +209,7 @@ def profile_edge(bundle: Bundle, *, threads: int = 1, runs: int = 30, warmup: in
     todo = [c for c in m.cuts if wanted is None or c.id in wanted]
     out: dict[str, dict[str, Any]] = {}
     full = session(bundle.file(m.full_int8), threads)
-    inputs = _feeds(full, 1)
+    inputs = session_feeds(full, 1)
     reply_bytes = sum(int(np.asarray(o).nbytes) for o in full.run(None, inputs))
     with _progress(progress, len(todo), f"edge {m.name}") as bar:
         for c in todo:
@@ -275,8 +275,9 @@ def profile_cloud(bundle: Bundle, *, batches: Sequence[int] = DEFAULT_BATCHES,
             tail: dict[int, float] = {}
             p90s: dict[int, float] = {}
             for b in batches:
-                feeds = _feeds(sess, b, seed=b)
-                tail[b], p90s[b] = _time(lambda s=sess, f=feeds: s.run(None, f), runs, warmup)
+                batch_feeds = session_feeds(sess, b, seed=b)
+                tail[b], p90s[b] = _time(lambda s=sess, f=batch_feeds: s.run(None, f), runs,
+                                         warmup)
                 _advance(bar, f"{c.id} b{b}")
             out[c.id] = {"tail_ms": tail, "tail_p90_ms": p90s}
     return CloudProfile(m.name, m.version, bundle.digest, out,

@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from partitioner._load import BATCH_PARAM
 from partitioner.errors import GraphError, VerificationError
 from partitioner.graph import Cut, GraphInfo, _subgraph_refs
+from partitioner.load import BATCH_PARAM
 
 log = logging.getLogger(__name__)
 

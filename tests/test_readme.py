@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tiersplit._config_reference import update_readme
+from tiersplit.config_reference import update_readme
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_config_reference_is_current() -> None:
     assert update_readme(README, check=True), (
-        "README config reference is stale: run python -m tiersplit._config_reference --write")
+        "README config reference is stale: run python -m tiersplit.config_reference --write")
 
 
 def test_readme_shows_the_two_commands() -> None:

@@ -94,7 +94,7 @@ def _nodelay(client: paho.Client) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _make_client(cfg: MqttBrokerConfig, client_id: str) -> paho.Client:
+def make_paho_client(cfg: MqttBrokerConfig, client_id: str) -> paho.Client:
     """A paho v5 client configured for ``cfg`` (not yet connected)."""
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
                          protocol=paho.MQTTv5, reconnect_on_failure=True)
@@ -220,7 +220,7 @@ class MqttServerLink(ServerLink):
         if self._client is not None:
             raise RuntimeError("MqttServerLink already started")
         self._handler = handler
-        client = _make_client(self._broker, self._client_id)
+        client = make_paho_client(self._broker, self._client_id)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -351,7 +351,8 @@ class MqttClientLink(LinkState, ClientLink):
         self._init_state()
         self._subscribed = False
         self._replicas: set[str] = set()
-        self._client = _make_client(broker, f"tiersplit-agent-{agent_id}-{uuid.uuid4().hex[:8]}")
+        client_id = f"tiersplit-agent-{agent_id}-{uuid.uuid4().hex[:8]}"
+        self._client = make_paho_client(broker, client_id)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect

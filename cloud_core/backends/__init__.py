@@ -18,13 +18,13 @@ BackendFactory = Callable[[], Backend]
 def make_backend_factory(cfg: BackendConfig) -> BackendFactory:
     """A callable that makes one unloaded backend per (bundle, cut) tail."""
     if cfg.kind == "onnxruntime":
-        from cloud_core.backends._onnxruntime import OrtBackend
+        from cloud_core.backends.ort import OrtBackend
 
         return lambda: OrtBackend(cfg.device, cfg.threads)
     if cfg.kind == "torch":
-        from cloud_core.backends._torch import TorchBackend
+        from cloud_core.backends.pytorch import TorchBackend
 
         return lambda: TorchBackend(cfg.device, cfg.threads)
-    from cloud_core.backends._triton import TritonBackend
+    from cloud_core.backends.triton import TritonBackend
 
     return lambda: TritonBackend(cfg.triton_url, cfg.triton_protocol, cfg.triton_timeout_s)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cloud_core.errors import BackendError, CutNotFound
-from partitioner.bundle import Bundle, CutSpec
+from contract.bundle import Bundle, CutSpec
 
 __all__ = ["Backend", "tail_file"]
 

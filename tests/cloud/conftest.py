@@ -14,7 +14,7 @@ import pytest
 
 from cloud_core import CloudCore
 from cloud_core.config import CloudConfig, parse_config
-from tests.cloud import _bundles
+from tiersplit.devtools import bundles as test_bundles
 from transport import keys
 from transport.messages import Reply, Request
 
@@ -32,9 +32,9 @@ def cloud_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     secret, public = keys.generate("ed25519", base / "keys", "signing")
     sk = keys.load_ed25519_private(secret)
     root = base / "bundles"
-    _bundles.build_bundle(root, "mlp", "1", _bundles.mlp(1), sk)
-    _bundles.build_bundle(root, "mlp", "2", _bundles.mlp(2), sk)
-    _bundles.build_bundle(root, "cnn", "1", _bundles.cnn(3), sk)
+    test_bundles.build_bundle(root, "mlp", "1", test_bundles.mlp(1), sk)
+    test_bundles.build_bundle(root, "mlp", "2", test_bundles.mlp(2), sk)
+    test_bundles.build_bundle(root, "cnn", "1", test_bundles.cnn(3), sk)
     return Repo(root=root, public_key=public, secret_key=secret)
 
 
@@ -115,8 +115,8 @@ def triton_server(cloud_repo: Repo, tmp_path_factory: pytest.TempPathFactory) ->
     Triton serves several version directories of one model fine).
     """
     from cloud_core.triton_export import export_triton
-    from cloud_core.triton_local import TritonUnavailable, run_triton
-    from partitioner.bundle import Bundle
+    from contract.bundle import Bundle
+    from tiersplit.devtools.triton_local import TritonUnavailable, run_triton
 
     out = tmp_path_factory.mktemp("triton-repo")
     key = keys.load_ed25519_public(cloud_repo.public_key)

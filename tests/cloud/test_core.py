@@ -1,4 +1,4 @@
-"""The core in process, without sockets: one suite over every backend (STYLE #13), then
+"""The core in process, without sockets: one suite over every backend, then
 validation, back-pressure, deadlines, versions and draining on the default backend.
 
 Requests enter through ``CloudCore.on_request`` exactly as a link delivers them; replies
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from cloud_core import CloudCore
-from tests.cloud import _bundles
 from tests.cloud.conftest import TRITON_SERVED, Inbox, make_request, metric, wait_busy
+from tiersplit.devtools import bundles as test_bundles
 from transport.messages import Status
 
 BACKENDS = ["onnxruntime", "torch", "triton"]
@@ -44,8 +44,8 @@ def test_outputs_equal_reference_on_every_cut(backend_core: CloudCore) -> None:
     checks = []
     for lv in backend_core.repository.all_loaded():
         for cut_id in lv.tails:
-            x = _bundles.sample(lv.bundle.manifest.inputs[0], 3, rng)
-            crossing, tail, full = _bundles.reference(lv.bundle, cut_id, x)
+            x = test_bundles.sample(lv.bundle.manifest.inputs[0], 3, rng)
+            crossing, tail, full = test_bundles.reference(lv.bundle, cut_id, x)
             req = make_request(lv, cut_id, crossing)
             backend_core.on_request(req, inbox)
             checks.append((req.request_id, lv, cut_id, tail, full))
@@ -71,8 +71,8 @@ def test_concurrent_requests_are_batched_and_split_back(backend_core: CloudCore,
     rng = np.random.default_rng(5)
     sent = []
     for i in range(24):
-        x = _bundles.sample(lv.bundle.manifest.inputs[0], 1 + i % 2, rng)
-        crossing, tail, _ = _bundles.reference(lv.bundle, "h1", x)
+        x = test_bundles.sample(lv.bundle.manifest.inputs[0], 1 + i % 2, rng)
+        crossing, tail, _ = test_bundles.reference(lv.bundle, "h1", x)
         sent.append((make_request(lv, "h1", crossing), tail))
     barrier = threading.Barrier(4)
 
@@ -176,8 +176,8 @@ def test_each_digest_runs_on_its_own_version(core_factory) -> None:
     sent = []
     for version in ("1", "2"):
         lv = core.repository.resolve("mlp", version, _digest(core, "mlp", version))
-        x = _bundles.sample(lv.bundle.manifest.inputs[0], 2, rng)
-        crossing, tail, _ = _bundles.reference(lv.bundle, "h2", x)
+        x = test_bundles.sample(lv.bundle.manifest.inputs[0], 2, rng)
+        crossing, tail, _ = test_bundles.reference(lv.bundle, "h2", x)
         req = make_request(lv, "h2", crossing)
         core.on_request(req, inbox)
         sent.append((req, tail))

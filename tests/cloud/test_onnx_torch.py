@@ -10,7 +10,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from cloud_core.backends._onnx_torch import OnnxTorchProgram
+from cloud_core.backends.onnx_to_torch import OnnxTorchProgram
 
 
 def _graph() -> onnx.ModelProto:

@@ -14,8 +14,8 @@ from cloud_core import CloudCore, RepositoryError
 from cloud_core.backends import make_backend_factory
 from cloud_core.config import BackendConfig
 from cloud_core.repository import Repository, version_key
-from tests.cloud import _bundles
 from tests.cloud.conftest import Inbox, make_request, metric, wait_busy
+from tiersplit.devtools import bundles as test_bundles
 from transport import keys
 from transport.messages import Status
 
@@ -53,7 +53,7 @@ def test_wrong_signing_key_and_unsigned_are_refused(cloud_repo, tmp_path: Path) 
     with pytest.raises(RepositoryError, match="bad signature"):
         repo.load("mlp", "1")
     unsigned_root = tmp_path / "u"
-    _bundles.build_bundle(unsigned_root, "mlp", "1", _bundles.mlp(1), None)
+    test_bundles.build_bundle(unsigned_root, "mlp", "1", test_bundles.mlp(1), None)
     strict = _repo(unsigned_root, keys.load_ed25519_public(cloud_repo.public_key))
     with pytest.raises(RepositoryError, match="unsigned"):
         strict.load("mlp", "1")
@@ -75,7 +75,7 @@ def test_torch_backend_refuses_unsupported_ops_at_load(tmp_path: Path) -> None:
     import torch
     from onnx import TensorProto, helper
 
-    from cloud_core.backends._onnx_torch import OnnxTorchProgram, UnsupportedOnnx
+    from cloud_core.backends.onnx_to_torch import OnnxTorchProgram, UnsupportedOnnx
 
     g = helper.make_graph([helper.make_node("Hardmax", ["x"], ["y"])], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],

@@ -27,9 +27,9 @@ import pytest
 import yaml
 
 import transport
-from partitioner.bundle import Bundle
-from tests.cloud import _bundles
+from contract.bundle import Bundle
 from tests.cloud.conftest import make_request
+from tiersplit.devtools import bundles as test_bundles
 from transport import keys
 from transport.config import MqttClientConfig, ZmqClientConfig
 from transport.errors import LinkClosed, LinkTimeout
@@ -181,8 +181,8 @@ def test_serves_two_models_two_versions_to_several_agents(served: Served, cloud_
     for i in range(36):
         b = bundles[i % 3]
         cut = [c.id for c in b.manifest.cuts if not c.is_edge][i % 3]
-        x = _bundles.sample(b.manifest.inputs[0], 1 + i % 3, rng)
-        crossing, tail, full = _bundles.reference(b, cut, x)
+        x = test_bundles.sample(b.manifest.inputs[0], 1 + i % 3, rng)
+        crossing, tail, full = test_bundles.reference(b, cut, x)
         work.append((links[i % len(links)], make_request(b, cut, crossing), b, cut, tail, full))
     with ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(lambda w: w[0].submit(w[1]).result(30), w) for w in work]

@@ -10,8 +10,8 @@ import torch
 from onnx import numpy_helper
 
 from cloud_core import CloudCore, parse_config
-from tests.cloud import _bundles
 from tests.cloud.conftest import Inbox, make_request
+from tiersplit.devtools import bundles as test_bundles
 from transport import keys
 
 
@@ -32,7 +32,7 @@ class _MlpTail(torch.nn.Module):
 
 
 def test_pt2_tail_is_preferred_and_equals_onnx_tail(tmp_path) -> None:
-    graph = _bundles.mlp(9)
+    graph = test_bundles.mlp(9)
     weights = {i.name: numpy_helper.to_array(i) for i in graph.model.graph.initializer}
     batch = torch.export.Dim("batch", min=1, max=1024)
     program = torch.export.export(_MlpTail(weights).eval(), (torch.zeros(2, 32),),
@@ -40,7 +40,7 @@ def test_pt2_tail_is_preferred_and_equals_onnx_tail(tmp_path) -> None:
     buf = io.BytesIO()
     torch.export.save(program, buf)
     secret, public = keys.generate("ed25519", tmp_path / "k", "s")
-    _bundles.build_bundle(tmp_path / "b", "mlp", "1", graph, keys.load_ed25519_private(secret),
+    test_bundles.build_bundle(tmp_path / "b", "mlp", "1", graph, keys.load_ed25519_private(secret),
                           extra={"tail-h1.pt2": buf.getvalue()})
     core = CloudCore(parse_config({
         "repository": str(tmp_path / "b"), "signing_public_key": str(public),
@@ -51,8 +51,8 @@ def test_pt2_tail_is_preferred_and_equals_onnx_tail(tmp_path) -> None:
         lv = core.repository.active("mlp")
         assert lv.tails["h1"]._exported is not None  # the program, not the interpreter
         assert lv.tails["h2"]._program is not None  # no .pt2 for h2: ONNX interpreter
-        x = _bundles.sample(lv.bundle.manifest.inputs[0], 5, np.random.default_rng(1))
-        crossing, tail, _ = _bundles.reference(lv.bundle, "h1", x)
+        x = test_bundles.sample(lv.bundle.manifest.inputs[0], 5, np.random.default_rng(1))
+        crossing, tail, _ = test_bundles.reference(lv.bundle, "h1", x)
         inbox = Inbox()
         req = make_request(lv, "h1", crossing)
         core.on_request(req, inbox)

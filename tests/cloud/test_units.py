@@ -24,7 +24,7 @@ from cloud_core.errors import (
     status_for,
 )
 from cloud_core.triton_export import export_triton, triton_model_name, triton_model_version
-from partitioner.bundle import Bundle
+from contract.bundle import Bundle
 from transport.messages import Status
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cloud_core import CloudCore, parse_config
-from tests.cloud import _bundles
 from tests.cloud.conftest import Inbox, make_request
+from tiersplit.devtools import bundles as test_bundles
 
 ZOO = ["digits_cnn", "resnet_like", "mobilenet_like", "transformer_encoder"]
 
@@ -35,8 +35,8 @@ def test_zoo_bundles_served_equal_reference(zoo_bundles, backend: str) -> None:
         sent = []
         for lv in core.repository.all_loaded():
             for cut in lv.tails:
-                x = _bundles.sample(lv.bundle.manifest.inputs[0], 2, rng)
-                crossing, tail, _ = _bundles.reference(lv.bundle, cut, x)
+                x = test_bundles.sample(lv.bundle.manifest.inputs[0], 2, rng)
+                crossing, tail, _ = test_bundles.reference(lv.bundle, cut, x)
                 req = make_request(lv, cut, crossing)
                 core.on_request(req, inbox)
                 sent.append((req, lv.name, cut, tail))

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.edge._bundle import BuiltBundle, build_bundle
+from tests.support.edge_bundle import BuiltBundle, build_bundle
 
 
 @pytest.fixture(scope="session")

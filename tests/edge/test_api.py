@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.edge._bundle import IN_SHAPE, INPUT, OUTPUT, reference
 from tests.edge.conftest import base_config
+from tests.support.edge_bundle import IN_SHAPE, INPUT, OUTPUT, reference
 
 httpclient = pytest.importorskip("tritonclient.http")
 

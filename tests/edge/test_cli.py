@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.edge._bundle import IN_SHAPE, INPUT, OUTPUT
 from tests.edge.conftest import base_config
+from tests.support.edge_bundle import IN_SHAPE, INPUT, OUTPUT
 
 
 def _edge(*args: str, **kw) -> subprocess.CompletedProcess:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from contract.bundle import Bundle
 from edge_agent import load_config
-from partitioner.bundle import Bundle
 from transport import keys
 from transport.keys import load_ed25519_public
 

@@ -17,11 +17,11 @@ import httpx
 import numpy as np
 import pytest
 
+from contract.bundle import EDGE_CUT
 from edge_agent import BundleRefused, EdgeAgent, parse_config
-from partitioner.bundle import EDGE_CUT
-from tests.edge._bundle import IN_SHAPE, INPUT, OUTPUT, reference
-from tests.edge._cloud import Keyring, start_cloud
+from tests.edge.cloud_proc import Keyring, start_cloud
 from tests.edge.conftest import base_config
+from tests.support.edge_bundle import IN_SHAPE, INPUT, OUTPUT, reference
 from transport.linkemu import LinkEmulator, LinkProfile
 
 pytestmark = pytest.mark.integration
@@ -374,7 +374,7 @@ def test_placement_prior_guides_the_first_requests(tmp_path, edge_bundle, ring, 
                                                    make_agent) -> None:
     """A `tiersplit place tune` prior (format 1) picks the cut until the link is measured;
     a missing or unreadable prior never stops the agent."""
-    from partitioner.placement import (
+    from placement import (
         BandwidthRange,
         ModelPrior,
         PlacementPrior,

@@ -1,4 +1,4 @@
-"""Runtime placement policy: pure logic, no sockets (STYLE #2)."""
+"""Runtime placement policy: pure logic, no sockets."""
 
 from __future__ import annotations
 

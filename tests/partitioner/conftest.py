@@ -19,10 +19,10 @@ def part_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def user_extra_cuts() -> list[list[str]]:
     """Two cuts the ranking would not keep: before the concat (both branches cross) and
     right after the features output (a model output crosses and passes through)."""
-    from partitioner import _load
+    from partitioner import load
     from partitioner.graph import analyze
 
-    info = analyze(_load.load(USER_MODEL, INPUT_SHAPES).model)
+    info = analyze(load.load(USER_MODEL, INPUT_SHAPES).model)
     cat = next(n for n in info.nodes if n.op_type == "Concat")
     return [list(cat.inputs), ["output1"]]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from partitioner.bundle import Bundle
+from contract.bundle import Bundle
 from transport.keys import load_ed25519_public
 
 

@@ -16,8 +16,8 @@ import pytest
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
-from partitioner.bundle import Bundle
-from partitioner.errors import BundleExists, HashMismatch, SignatureError
+from contract.bundle import Bundle
+from contract.errors import BundleExists, HashMismatch, SignatureError
 from tests.partitioner.conftest import USER_MODEL
 from tiersplit.cli import app
 from transport.keys import generate, load_ed25519_public
@@ -183,7 +183,7 @@ def test_verify_fails_on_a_wrong_tail(tmp_path: Path, digits_bundle) -> None:
     cuts = [c for c in digits_bundle.manifest.cuts if c.tail and c.head]
     a, b = cuts[0], cuts[1]
     (bad / a.tail).write_bytes((bad / b.tail).read_bytes())
-    from partitioner.bundle import sha256_file
+    from contract.bundle import sha256_file
 
     raw = yaml.safe_load((bad / "manifest.yaml").read_text())
     raw["files"][a.tail] = sha256_file(bad / a.tail)

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from partitioner import _load
+from partitioner import load
 from partitioner.errors import GraphError
 from partitioner.graph import analyze, candidate_cuts, make_cut, validate_cut
 from tests.partitioner.conftest import USER_MODEL
@@ -16,12 +16,12 @@ from tests.partitioner.user_models import INPUT_SHAPES
 
 @pytest.fixture(scope="module")
 def resnet():
-    return analyze(_load.load("zoo:resnet_like", None).model)
+    return analyze(load.load("zoo:resnet_like", None).model)
 
 
 @pytest.fixture(scope="module")
 def user():
-    return analyze(_load.load(USER_MODEL, INPUT_SHAPES).model)
+    return analyze(load.load(USER_MODEL, INPUT_SHAPES).model)
 
 
 def test_topological_order_and_live_sets(resnet) -> None:
@@ -120,19 +120,19 @@ def test_privacy_floor_drops_cloud_and_shallow_cuts(resnet) -> None:
 
 def test_dynamo_exporter_output_is_analysable_and_splits_exactly() -> None:
     """The fallback exporter (used when the TorchScript one fails) yields a usable graph."""
-    from partitioner import _ortutil
+    from partitioner import ortutil
     from partitioner.split import head_model, run_split, tail_model
     from tests.partitioner.user_models import make
 
-    model = _load.export(make(), INPUT_SHAPES, exporter="dynamo")
+    model = load.export(make(), INPUT_SHAPES, exporter="dynamo")
     info = analyze(model)
     assert info.opset >= 17 and info.inputs == ("rgb", "depth")
-    feeds = _ortutil.random_feeds(_ortutil.input_specs(info.model), 3, seed=1)
-    ref = _ortutil.session(info.model).run(None, feeds)
+    feeds = ortutil.random_feeds(ortutil.input_specs(info.model), 3, seed=1)
+    ref = ortutil.session(info.model).run(None, feeds)
     for cut in candidate_cuts(info, 5)[1:-1]:
-        got = run_split(_ortutil.session(head_model(info, cut)),
-                        _ortutil.session(tail_model(info, cut)), feeds)
+        got = run_split(ortutil.session(head_model(info, cut)),
+                        ortutil.session(tail_model(info, cut)), feeds)
         for r, g in zip(ref, got, strict=True):
             assert np.abs(r - g).max() <= 1e-4 * max(1.0, np.abs(r).max())
     with pytest.raises(ValueError):
-        _load.export(make(), INPUT_SHAPES, exporter="onnxscript")
+        load.export(make(), INPUT_SHAPES, exporter="onnxscript")

@@ -1,4 +1,4 @@
-"""Split against whole (STYLE 12): every kept cut of every zoo model and of a two-input user
+"""Split against whole: every kept cut of every zoo model and of a two-input user
 callable reproduces the full model in fp32; int8 heads stay close; the bundle is complete."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
-from partitioner import _ortutil, zoo
-from partitioner.bundle import Bundle
+from contract.bundle import Bundle
+from partitioner import ortutil, zoo
 from partitioner.check import verify_bundle
 from partitioner.split import TOLERANCE, run_split
 
@@ -78,10 +78,10 @@ def test_user_callable_two_inputs(user_bundle: Path) -> None:
     report = verify_bundle(b.path)
     assert report.ok, [c.message for c in report.cuts if not c.ok]
     # run the two-tensor cut by hand at batch 5: head -> tail == full
-    feeds = _ortutil.random_feeds(_ortutil.input_specs(onnx.load(str(b.file(m.full_fp32)))), 5)
-    full = _ortutil.session(b.file(m.full_fp32)).run(None, feeds)
-    got = run_split(_ortutil.session(b.file(multi[0].head_fp32)),
-                    _ortutil.session(b.file(multi[0].tail)), feeds)
+    feeds = ortutil.random_feeds(ortutil.input_specs(onnx.load(str(b.file(m.full_fp32)))), 5)
+    full = ortutil.session(b.file(m.full_fp32)).run(None, feeds)
+    got = run_split(ortutil.session(b.file(multi[0].head_fp32)),
+                    ortutil.session(b.file(multi[0].tail)), feeds)
     for r, g in zip(full, got, strict=True):
         assert np.abs(r - g).max() <= TOLERANCE * max(1.0, np.abs(r).max())
 
@@ -91,15 +91,15 @@ def test_digits_int8_heads_keep_top1_on_heldout(zoo_bundles: dict[str, Path]) ->
     m = b.manifest
     x, _ = zoo.get("digits_cnn").heldout()
     feeds = {m.inputs[0].name: x}
-    ref = _ortutil.session(b.file(m.full_fp32)).run(None, feeds)[0].argmax(1)
+    ref = ortutil.session(b.file(m.full_fp32)).run(None, feeds)[0].argmax(1)
     for c in m.cuts[1:-1]:
-        got = run_split(_ortutil.session(b.file(c.head)), _ortutil.session(b.file(c.tail)),
+        got = run_split(ortutil.session(b.file(c.head)), ortutil.session(b.file(c.tail)),
                         feeds)[0].argmax(1)
         agreement = (got == ref).mean()
         assert agreement >= 0.99, (c.id, agreement)
         assert c.accuracy.top1_agreement == pytest.approx(agreement)
         assert c.accuracy.samples == len(x)
-    full8 = _ortutil.session(b.file(m.full_int8)).run(None, feeds)[0].argmax(1)
+    full8 = ortutil.session(b.file(m.full_int8)).run(None, feeds)[0].argmax(1)
     assert (full8 == ref).mean() >= 0.98
     assert m.quantization.calibration == "generated"
     assert m.quantization.per_channel and m.quantization.format == "QDQ"

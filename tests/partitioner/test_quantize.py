@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from partitioner import _load, _ortutil
+from partitioner import load, ortutil
 from partitioner.errors import QuantizationError
 from partitioner.graph import analyze
 from partitioner.quantize import CalibrationSet, QuantConfig, quantize, quantized_op_count
@@ -16,7 +16,7 @@ from partitioner.quantize import CalibrationSet, QuantConfig, quantize, quantize
 
 @pytest.fixture(scope="module")
 def digits():
-    return analyze(_load.load("zoo:digits_cnn", None).model)
+    return analyze(load.load("zoo:digits_cnn", None).model)
 
 
 def test_quantize_full_model_keeps_float_interface(digits) -> None:
@@ -25,8 +25,8 @@ def test_quantize_full_model_keeps_float_interface(digits) -> None:
     assert quantized_op_count(q) > 0
     assert [i.name for i in q.graph.input] == ["image"]
     assert q.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    ref = _ortutil.session(digits.model).run(None, {"image": x})[0]
-    got = _ortutil.session(q).run(None, {"image": x})[0]
+    ref = ortutil.session(digits.model).run(None, {"image": x})[0]
+    got = ortutil.session(q).run(None, {"image": x})[0]
     assert (ref.argmax(1) == got.argmax(1)).mean() >= 0.9
 
 
@@ -58,8 +58,8 @@ def test_token_id_onnx_model_partitions(tmp_path: Path) -> None:
     """int64 token ids (an embedding lookup) in an ONNX file: cuts start after the lookup."""
     import torch
 
+    from contract.bundle import Bundle
     from partitioner import partition
-    from partitioner.bundle import Bundle
     from partitioner.check import verify_bundle
 
     class Tok(torch.nn.Module):

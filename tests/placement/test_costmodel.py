@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from partitioner.placement import (
+from placement import (
     CloudEstimate,
     Constraints,
     Endpoint,
@@ -13,7 +13,7 @@ from partitioner.placement import (
     choose_endpoint,
     predict,
 )
-from tests.placement._synthetic import synthetic_cuts
+from tests.placement.synthetic import synthetic_cuts
 
 
 def _brute(cuts, link, cloud, cons):

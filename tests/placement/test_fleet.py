@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from partitioner.placement import (
+from placement import (
     CloudCapacity,
     CloudEstimate,
     Constraints,
@@ -19,7 +19,7 @@ from partitioner.placement import (
     load_fleet_spec,
     optimize_fleet,
 )
-from tests.placement._synthetic import synthetic_cuts
+from tests.placement.synthetic import synthetic_cuts
 
 FAST = LinkEstimate(5e7, 5e7, 2.0)
 
@@ -94,7 +94,7 @@ def test_objectives_and_constraints(objective: str) -> None:
 
 
 def test_fleet_spec_parses(tmp_path) -> None:
-    from partitioner.placement import EdgeProfile, save_profile
+    from placement import EdgeProfile, save_profile
 
     save_profile(EdgeProfile("m", "1", "d", {"edge": {"depth": 3, "head_ms": 5.0},
                                               "k1": {"depth": 1, "head_ms": 1.0,

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from partitioner.placement import (
+from placement import (
     CloudEstimate,
     Dag,
     DagConstraints,

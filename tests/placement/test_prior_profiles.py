@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from partitioner.placement import (
+from placement import (
     CloudEstimate,
     CloudProfile,
     Constraints,
@@ -26,7 +26,7 @@ from partitioner.placement import (
     load_profile,
     save_profile,
 )
-from tests.placement._synthetic import synthetic_cuts
+from tests.placement.synthetic import synthetic_cuts
 
 LINKS = {"3g": LinkEstimate(1e5, 2e5, 200.0), "4g": LinkEstimate(1e6, 4e6, 60.0),
          "wifi": LinkEstimate(5e6, 5e6, 10.0), "lan": LinkEstimate(1e8, 1e8, 0.5)}

@@ -9,8 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from partitioner.bundle import Bundle
-from partitioner.placement import (
+from contract.bundle import Bundle
+from partitioner.publish import propose_and_publish
+from placement import (
     CloudProfile,
     EdgeProfile,
     LinkEstimate,
@@ -19,7 +20,6 @@ from partitioner.placement import (
     link_conditions,
     load_prior,
     load_profile,
-    propose_and_publish,
 )
 from transport.keys import load_ed25519_public
 

@@ -1,7 +1,7 @@
 """Fixtures of the reliability suite: one signed repository with two models (and two
 versions of one), fresh fleet keys per test, and in-process agents stopped at teardown.
 
-Bundles come from ``tests.edge._bundle`` (a small CNN built with onnx.helper and
+Bundles come from ``tests.support.edge_bundle`` (a small CNN built with onnx.helper and
 quantized with ONNX Runtime's static int8: seconds, no torch), so the suite exercises
 the same artifacts an edge device and a cloud core load in production.
 """
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.edge._bundle import IN_SHAPE, INPUT, OUTPUT, build_bundle, reference
-from tests.reliability._fleet import CloudProc, FleetKeys, cosine
+from tests.reliability.fleet import CloudProc, FleetKeys, cosine
+from tests.support.edge_bundle import IN_SHAPE, INPUT, OUTPUT, build_bundle, reference
 
 MODEL_A, MODEL_B = "edge_cnn", "edge_cnn_b"
 

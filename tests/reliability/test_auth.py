@@ -14,15 +14,15 @@ from concurrent.futures import Future
 import pytest
 import zmq
 
-from partitioner.bundle import EDGE_CUT, Bundle
-from tests.reliability._fleet import (
+from contract.bundle import EDGE_CUT, Bundle
+from tests.reliability.conftest import MODEL_A
+from tests.reliability.fleet import (
     Ledger,
     agent_config,
     cloud_doc,
     start_cloud,
     wait_until,
 )
-from tests.reliability.conftest import MODEL_A
 from transport import keys, wire
 from transport.config import ZmqClientConfig
 from transport.errors import LinkClosed, TransportError

@@ -26,17 +26,17 @@ from cloud_core import Repository
 from cloud_core.backends import make_backend_factory
 from cloud_core.config import BackendConfig
 from cloud_core.errors import RepositoryError
+from contract.bundle import EDGE_CUT, MANIFEST, SIGNATURE, Bundle
 from edge_agent import BundleRefused
 from edge_agent.runtime import load_edge_bundle
-from partitioner.bundle import EDGE_CUT, MANIFEST, SIGNATURE, Bundle
-from tests.reliability._fleet import (
+from tests.reliability.conftest import MODEL_A, OUTPUT
+from tests.reliability.fleet import (
     Ledger,
     agent_config,
     cloud_doc,
     cosine,
     start_cloud,
 )
-from tests.reliability.conftest import MODEL_A, OUTPUT
 from transport import keys
 from transport.config import ZmqClientConfig
 from transport.messages import Request
@@ -87,7 +87,7 @@ def _tamper(kind: str, repo, d: Path, other_key: Path) -> None:
         raise AssertionError(kind)
 
 
-# what a clear error says, per kind (both tiers word it through partitioner.bundle)
+# what a clear error says, per kind (both tiers word it through contract.bundle)
 CLEAR = {"bit_flip_tail": "tampered", "bit_flip_head": "tampered", "bit_flip_full": "tampered",
          "bit_flip_manifest": "bad signature", "swapped_tail": "tampered",
          "swapped_head": "tampered", "swapped_signature": "bad signature",

@@ -20,9 +20,9 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.reliability._fleet import Metrics, cosine
 from tests.reliability.conftest import INPUT, MODEL_A, OUTPUT
-from tiersplit._demo_procs import Service, tiersplit_cmd
+from tests.reliability.fleet import Metrics, cosine
+from tiersplit.devtools.services import Service, tiersplit_cmd
 from transport import keys
 
 pytestmark = [pytest.mark.integration]

@@ -16,8 +16,9 @@ from collections import Counter
 
 import pytest
 
-from partitioner.bundle import EDGE_CUT
-from tests.reliability._fleet import (
+from contract.bundle import EDGE_CUT
+from tests.reliability.conftest import MODEL_A
+from tests.reliability.fleet import (
     Ledger,
     LoadGen,
     agent_config,
@@ -25,7 +26,6 @@ from tests.reliability._fleet import (
     start_cloud,
     wait_until,
 )
-from tests.reliability.conftest import MODEL_A
 from transport import make_client_link
 from transport.config import ZmqClientConfig
 from transport.linkemu import LinkEmulator, LinkProfile
@@ -305,7 +305,7 @@ def test_slow_cloud_answers_overloaded_with_bounded_queue_and_work_goes_edgeward
         "a3")
     try:
         assert link.wait_connected(20)
-        from partitioner.bundle import Bundle
+        from contract.bundle import Bundle
         from transport import keys
 
         b = Bundle.load(repo.path(), keys.load_ed25519_public(repo.public_key), role="cloud")

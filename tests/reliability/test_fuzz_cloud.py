@@ -25,9 +25,9 @@ import zmq
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from partitioner.bundle import Bundle
-from tests.reliability._fleet import cloud_doc, delta, start_cloud, wait_until
+from contract.bundle import Bundle
 from tests.reliability.conftest import MODEL_A
+from tests.reliability.fleet import cloud_doc, delta, start_cloud, wait_until
 from transport import keys, wire
 from transport.errors import WireError
 from transport.messages import Ping, Pong, Reply, Request, Status

@@ -2,7 +2,7 @@
 restart under load, hostile payloads published by a client holding broker credentials,
 and a rogue ``#`` subscriber that must see no plaintext activation.
 
-The broker is not trusted with activations (DESIGN: security model): anyone who can
+The broker is not trusted with activations: anyone who can
 publish or subscribe on it may forge, replay, reorder or truncate payloads, and reads
 everything it routes. The cloud core (a ``tiersplit cloud serve`` process) must refuse
 and count what fails authentication without computing anything, and answer exactly once
@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from partitioner.bundle import EDGE_CUT, Bundle
-from tests.reliability._fleet import (
+from contract.bundle import EDGE_CUT, Bundle
+from tests.reliability.conftest import INPUT, MODEL_A, OUTPUT
+from tests.reliability.fleet import (
     Ledger,
     LoadGen,
     agent_config,
@@ -28,10 +29,9 @@ from tests.reliability._fleet import (
     start_cloud,
     wait_until,
 )
-from tests.reliability.conftest import INPUT, MODEL_A, OUTPUT
 from transport import aead, keys, wire
 from transport.messages import Reply, Request, Status
-from transport.mqtt import _make_client
+from transport.mqtt import make_paho_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.mqtt, pytest.mark.slow]
 
@@ -45,7 +45,7 @@ class Rogue:
     broker delivers to its subscriptions."""
 
     def __init__(self, broker: Any, name: str) -> None:
-        self.client = _make_client(broker.broker_config(), name)
+        self.client = make_paho_client(broker.broker_config(), name)
         self.captured: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         up = threading.Event()

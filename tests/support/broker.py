@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from transport._mosquitto import MosquittoBroker, find_mosquitto
+from tiersplit.devtools.mosquitto import MosquittoBroker, find_mosquitto
 from transport.config import MqttBrokerConfig
 
 __all__ = ["BrokerHandle", "mosquitto_broker", "mosquitto_broker_session"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from partitioner.bundle import Manifest
+from contract.bundle import Manifest
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,8 @@ def bundle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def bundle_factory(bundle_root: Path, bundle_signing_keys: tuple[Path, Path]) -> BundleFactory:
     """``(model="digits_cnn", version="1", max_cuts=4) -> BuiltBundle``, cached per session."""
+    from contract.bundle import MANIFEST
     from partitioner import partition
-    from partitioner.bundle import MANIFEST
 
     secret, public = bundle_signing_keys
     built: dict[tuple[str, str, int], BuiltBundle] = {}

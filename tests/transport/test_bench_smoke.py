@@ -1,4 +1,4 @@
-"""bench/transport.py --quick runs end to end (so the figures it prints cannot rot)."""
+"""python -m bench.transport --quick runs end to end (so the figures it prints cannot rot)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_transport_bench_quick_runs() -> None:
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "transport.py"), "--quick"],
+    r = subprocess.run([sys.executable, "-m", "bench.transport", "--quick"],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     for needle in ("1. Codec cost", "2. Links over loopback", "ZMQ plaintext", "ZMQ Curve",

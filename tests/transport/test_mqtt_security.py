@@ -12,7 +12,7 @@ import pytest
 
 from transport import aead, keys, wire
 from transport.errors import LinkClosed, LinkTimeout
-from transport.mqtt import _make_client
+from transport.mqtt import make_paho_client
 
 from .conftest import LinkEnv, RecordingHandler, make_request
 
@@ -30,7 +30,7 @@ class RawPublisher:
     """A plain paho client on the broker (an attacker with broker credentials)."""
 
     def __init__(self, env: LinkEnv) -> None:
-        self.client = _make_client(env.broker.broker_config(), "raw-publisher")
+        self.client = make_paho_client(env.broker.broker_config(), "raw-publisher")
         up = threading.Event()
         self.client.on_connect = lambda *a: up.set()
         self.client.connect(env.broker.host, env.broker.port, 5)

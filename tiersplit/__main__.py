@@ -1,0 +1,5 @@
+"""``python -m tiersplit`` runs the ``tiersplit`` command."""
+
+from tiersplit.cli import main
+
+main()
