@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.deadline import Deadline
+
 ROOT = Path(__file__).resolve().parent.parent
 
 from rich.console import Console  # noqa: E402
@@ -173,7 +175,7 @@ def _bench_core(endpoint: str, http: str, bundle, kdir: Path, senders: int, seco
             rid = f"b{next(counter)}"
         req = Request(request_id=rid, agent_id="bench", model=bundle.name,
                       version=bundle.version, digest=bundle.digest, cut="h1",
-                      deadline=time.time() + 30, tensors={spec.name: x})
+                      deadline=Deadline.after_ms(30_000), tensors={spec.name: x})
         try:
             return links[i % nlinks].submit(req).result(30).ok
         except Exception:
@@ -217,7 +219,7 @@ def _bench_inproc(core, senders: int, seconds: float, warmup: float) -> Cell:
         w = _Waiter()
         core.on_request(Request(request_id=rid, agent_id="bench", model=lv.name,
                                 version=lv.version, digest=lv.digest, cut="h1",
-                                deadline=time.time() + 30, tensors={spec.name: x}), w)
+                                deadline=Deadline.after_ms(30_000), tensors={spec.name: x}), w)
         return w.event.wait(30) and w.reply.ok
 
     return _closed_loop(call, senders, seconds, warmup)

@@ -123,7 +123,7 @@ def _run(agent: EdgeAgent, x: dict[str, np.ndarray], n: int, gap_s: float,
         res = agent.infer(x).result(60)
         out["lat"].append((time.perf_counter() - t0) * 1e3)
         out["head"].append(res.timings.get("head", res.timings.get("local", 0.0)))
-        out["paths"].append(res.path)
+        out["paths"].append("local" if res.path == "fallback" else res.cut)
         if gap_s:
             time.sleep(gap_s)
     return out

@@ -1,11 +1,13 @@
-"""Partitioner benchmark: candidate cuts, bytes per cut, int8 vs fp32 head latency, accuracy.
+"""Partitioner benchmark: per model and cut, the recipe the accuracy-bounded search chose,
+held-back accuracy, bytes, and shipped-head vs fp32-head latency.
 
-For each zoo model the script partitions a fresh bundle (in a temp dir), then for every
-cut measures the fp32 head and the int8 head in ONNX Runtime at ONE intra-op thread, batch
-1, in the same run: rounds alternate fp32 and int8 so machine noise hits both alike, and
-the ratio of medians is reported. "edge" compares the int8 full model with the fp32 one.
-Accuracy is the manifest's report (int8 head + fp32 tail vs fp32 full; real held-out
-digits for digits_cnn).
+For each model (zoo CNNs, the BERT-like encoders, the real all-MiniLM-L6-v2 when the
+``real-models`` extra is installed) the script partitions a fresh bundle (in a temp dir),
+then for every cut times the fp32 head and the shipped head in ONNX Runtime at ONE
+intra-op thread, batch 1, in the same run: rounds alternate so machine noise hits both
+alike, and the ratio of medians is reported. "edge" compares the shipped full model with
+the fp32 one. Accuracy is the manifest's report: head + fp32 tail vs fp32 full on held-back
+samples (real held-out digits for digits_cnn, held-back sentences for MiniLM).
 
 ``--variants`` also times the full model under other quantization settings (S8S8 vs
 U8S8 activations, reduce_range, per-tensor weights, QOperator format), which is how the
@@ -13,7 +15,7 @@ default (QDQ, U8S8, per-channel) was chosen.
 
 Usage::
 
-    python -m bench.partition [--quick] [--models digits_cnn,resnet_like] [--variants]
+    python -m bench.partition [--quick] [--models digits_cnn,minilm] [--variants]
                               [--plot out.png]
 """
 
@@ -36,8 +38,12 @@ from rich.table import Table
 from contract.bundle import Bundle
 from partitioner import ortutil, zoo
 
-CNNS = ("digits_cnn", "resnet_like", "mobilenet_like")
+CNNS = ("digits_cnn", "resnet_like", "mobilenet_like", "resnet50", "mobilenet_v2")
 GOAL = 0.6
+TEXT_GOAL = 0.5  # MiniLM: deepest interior head at most half its fp32 latency
+MINILM = "minilm"
+MINILM_SEQ = 32
+QUICK_MODELS = ("digits_cnn", "resnet_like", "mobilenet_like", "bert_tiny", MINILM)
 console = Console(width=int(os.environ.get("COLUMNS", "140")))
 
 
@@ -55,6 +61,8 @@ class Row:
     best_ratio: float | None  # fastest int8 / fastest fp32 round
     cosine: float
     top1: float | None
+    recipe: str = ""
+    samples: int = 0
 
 
 def time_pair(a_path: Path, b_path: Path, feeds: dict[str, np.ndarray], rounds: int,
@@ -93,12 +101,24 @@ def bench_model(name: str, root: Path, max_cuts: int, rounds: int, iters: int) -
     from partitioner import partition
 
     t0 = time.perf_counter()
-    path = partition(f"zoo:{name}", None, root, max_cuts=max_cuts, progress=False)
+    if name == MINILM:
+        from partitioner import minilm
+        from partitioner.text_corpus import CALIBRATION, EVALUATION
+
+        inputs = [f"input_ids:1,seq={MINILM_SEQ}:int64",
+                  f"attention_mask:1,seq={MINILM_SEQ}:int64"]
+        path = partition("partitioner.minilm:make", inputs, root, name=MINILM,
+                         max_cuts=max_cuts, progress=False,
+                         calib_data=minilm.tokenize(CALIBRATION, MINILM_SEQ),
+                         eval_data=minilm.tokenize(EVALUATION, MINILM_SEQ))
+        feeds = {k: v[:1] for k, v in minilm.tokenize(EVALUATION, MINILM_SEQ).items()}
+    else:
+        path = partition(f"zoo:{name}", None, root, max_cuts=max_cuts, progress=False)
+        zm = zoo.get(name)
+        feeds = dict(zip(zm.input_names, zm.example_inputs(1, seed=11), strict=True))
     build_s = time.perf_counter() - t0
     b = Bundle.load(path, require_signature=False)
     m = b.manifest
-    zm = zoo.get(name)
-    feeds = dict(zip(zm.input_names, zm.example_inputs(1, seed=11), strict=True))
     rows = []
     for c in m.cuts:
         timing: tuple[float | None, ...] = (None, None, None, None)
@@ -106,37 +126,41 @@ def bench_model(name: str, root: Path, max_cuts: int, rounds: int, iters: int) -
             timing = time_pair(b.file(m.full_fp32), b.file(m.full_int8), feeds, rounds, iters)
         elif c.head and c.head_fp32:
             timing = time_pair(b.file(c.head_fp32), b.file(c.head), feeds, rounds, iters)
+        recipe = c.recipe + (f" ({len(c.excluded_nodes)} float)" if c.excluded_nodes else "")
         rows.append(Row(name, c.id, c.depth, len(c.tensors), c.bytes, c.bytes_int8, *timing,
-                        c.accuracy.cosine, c.accuracy.top1_agreement))
+                        c.accuracy.cosine, c.accuracy.top1_agreement,
+                        recipe if c.head else "—", c.accuracy.samples))
+    q = m.quantization
     console.print(f"[bold]{name}[/bold]: {len(m.cuts)} cuts, partitioned in {build_s:.1f} s; "
-                  f"quantization {m.quantization.format} act {m.quantization.activation_type} "
-                  f"weights {m.quantization.weight_type}"
-                  f"{' per-channel' if m.quantization.per_channel else ''}, calibration "
-                  f"{m.quantization.calibration} ({m.quantization.calibration_samples})")
+                  f"floor cosine {q.accuracy_floor}; calibration {q.calibration} "
+                  f"({q.calibration_samples}), evaluation {q.evaluation} "
+                  f"({q.evaluation_samples})")
     return rows
 
 
 def print_rows(rows: list[Row]) -> None:
-    t = Table(title="cuts: bytes per sample, head latency at 1 thread (batch 1), accuracy "
-              "(int8 head + fp32 tail vs fp32 full)", title_justify="left")
-    for col in ("model", "cut", "depth", "tensors", "bytes fp32", "bytes int8", "fp32 head ms",
-                "int8 head ms", "int8/fp32", "best-round", "cosine", "top-1 agr."):
-        t.add_column(col, justify="left" if col in ("model", "cut") else "right")
+    t = Table(title="cuts: recipe, held-back accuracy (shipped head + fp32 tail vs fp32 full), "
+              "bytes per sample, head latency at 1 thread (batch 1)", title_justify="left")
+    for col in ("model", "cut", "recipe", "depth", "tensors", "bytes fp32", "bytes int8",
+                "fp32 head ms", "int8 head ms", "int8/fp32", "best-round", "cosine",
+                "top-1 agr.", "eval n"):
+        t.add_column(col, justify="left" if col in ("model", "cut", "recipe") else "right")
     for r in rows:
         ratio = r.ratio
         style = "" if ratio is None else ("green" if ratio <= GOAL else "yellow")
-        t.add_row(r.model, r.cut, str(r.depth), str(r.tensors), str(r.bytes_fp32),
+        t.add_row(r.model, r.cut, r.recipe, str(r.depth), str(r.tensors), str(r.bytes_fp32),
                   str(r.bytes_int8), "—" if r.fp32_ms is None else f"{r.fp32_ms:.3f}",
                   "—" if r.int8_ms is None else f"{r.int8_ms:.3f}",
                   "—" if ratio is None else f"[{style}]{ratio:.2f}[/{style}]",
                   "—" if r.best_ratio is None else f"{r.best_ratio:.2f}",
-                  f"{r.cosine:.5f}", "—" if r.top1 is None else f"{r.top1:.1%}")
+                  f"{r.cosine:.5f}", "—" if r.top1 is None else f"{r.top1:.1%}",
+                  str(r.samples))
     console.print(t)
 
 
 def print_summary(rows: list[Row]) -> None:
-    t = Table(title=f"int8/fp32 head latency (goal <= {GOAL} for the CNNs)",
-              title_justify="left")
+    t = Table(title=f"int8/fp32 head latency (goals: CNNs <= {GOAL}, MiniLM deepest interior "
+              f"head <= {TEXT_GOAL} with every cut cosine >= 0.99)", title_justify="left")
     for col in ("model", "heads", "median ratio", "deepest split", "full model (edge)",
                 "full, best-round", "goal"):
         t.add_column(col, justify="left" if col == "model" else "right")
@@ -149,6 +173,9 @@ def print_summary(rows: list[Row]) -> None:
         goal = "—"
         if model in CNNS and edge is not None:
             goal = "[green]met[/green]" if edge.ratio <= GOAL else "[yellow]not met[/yellow]"
+        if model == MINILM and deepest is not None:
+            ok = deepest <= TEXT_GOAL and all(r.cosine >= 0.99 for r in mine)
+            goal = "[green]met[/green]" if ok else "[yellow]not met[/yellow]"
         t.add_row(model, str(len(mine)), f"{med:.2f}",
                   "—" if deepest is None else f"{deepest:.2f}",
                   "—" if edge is None else f"{edge.ratio:.2f}",
@@ -241,22 +268,31 @@ def plot(rows: list[Row], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer cuts and timing rounds")
-    ap.add_argument("--models", default=",".join(zoo.names()),
-                    help="comma-separated zoo models")
+    ap.add_argument("--models", default=None,
+                    help=f"comma-separated zoo models and/or {MINILM} (default: all; with "
+                    f"--quick: {','.join(QUICK_MODELS)})")
     ap.add_argument("--variants", action="store_true",
                     help="also time other quantization settings on the CNNs")
     ap.add_argument("--plot", type=Path, default=None, help="write a PNG figure here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    models = [m for m in args.models.split(",") if m]
+    from partitioner import minilm
+
+    default = QUICK_MODELS if args.quick else (*zoo.names(), MINILM)
+    models = [m for m in (args.models.split(",") if args.models else default) if m]
     for m in models:
-        zoo.get(m)
+        if m != MINILM:
+            zoo.get(m)
+    if MINILM in models and minilm.missing():
+        console.print(f"[yellow]skipping {MINILM}: {minilm.missing()}[/yellow]")
+        models.remove(MINILM)
     max_cuts, rounds, iters = (4, 5, 20) if args.quick else (6, 15, 50)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="tiersplit-bench-") as tmp:
         for m in models:
-            rows += bench_model(m, Path(tmp), max_cuts, rounds, iters)
-    print_rows(rows)
+            mine = bench_model(m, Path(tmp), max_cuts, rounds, iters)
+            print_rows(mine)  # as each model finishes: a long run shows results early
+            rows += mine
     print_summary(rows)
     if args.variants:
         for m in models:

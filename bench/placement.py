@@ -44,6 +44,7 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from contract.deadline import Deadline  # noqa: E402
 from partitioner.profile import trimmed_mean  # noqa: E402
 from placement import (  # noqa: E402
     CloudEstimate,
@@ -159,7 +160,7 @@ class Edge:
             tensors = {t.name: acts[t.name] for t in spec.tensors}
             self._pad(spec, t0)
         req = Request(uuid.uuid4().hex, "bench", self.m.name, self.m.version,
-                      self.bundle.digest, cut_id, time.time() + 60, tensors, codec)
+                      self.bundle.digest, cut_id, Deadline.after_ms(60_000), tensors, codec)
         reply = link.submit(req).result(timeout=60)
         if not reply.ok:
             raise RuntimeError(f"{self.m.name}/{cut_id}: {reply.status.name} {reply.error}")

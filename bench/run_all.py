@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-SUITES = ["partition", "transport", "cloud", "edge", "placement", "soak"]
+SUITES = ["partition", "transport", "cloud", "edge", "placement", "adapt", "soak"]
 #: Each suite's short form: fewer repetitions, and a subset of its matrix where the full
 #: one (models x links x edge speeds) would not fit the 5-minute budget.
 QUICK_ARGS: dict[str, list[str]] = {
@@ -34,6 +34,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "edge": ["--quick", "--model", "zoo:mobilenet_like", "--profiles", "3g,4g,wifi"],
     "placement": ["--quick", "--models", "mobilenet_like,transformer_encoder",
                   "--image-size", "128", "--links", "3g,wifi"],
+    "adapt": ["--quick"],
     "soak": ["--minutes", "0.5", "--warmup-s", "10"],
 }
 HERE = Path(__file__).resolve().parent

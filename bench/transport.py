@@ -38,6 +38,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
+from contract.deadline import Deadline  # noqa: E402
 from transport import wire  # noqa: E402
 from transport.messages import Reply, Request  # noqa: E402
 
@@ -59,7 +60,7 @@ def relu_activation(nbytes: int, seed: int = 0) -> np.ndarray:
 
 def request(rid: str, tensors: dict[str, np.ndarray], codec: str = "raw") -> Request:
     return Request(request_id=rid, agent_id="bench", model="bench", version="1",
-                   digest="0" * 64, cut="c", deadline=time.time() + 60, tensors=tensors,
+                   digest="0" * 64, cut="c", deadline=Deadline.after_ms(60_000), tensors=tensors,
                    codec=codec)
 
 

@@ -1,4 +1,8 @@
-"""Dynamic batching per (model, version, cut), in the style of Triton's dynamic batcher.
+"""Dynamic batching per queue key, in the style of Triton's dynamic batcher.
+
+The core keys queues by (model, version, cut, per-sample shapes): requests are joined
+along the batch dimension only, so two requests whose other dimensions differ (a dynamic
+sequence axis, say) never share a batch.
 
 Mechanism first (pure, tested without threads): :func:`take_batch` pops expired entries
 and the next batch from a queue; :func:`ready_at` says when a partial batch should go.
@@ -13,8 +17,9 @@ executor shared by all queues:
   ``idle_gap`` (closed-loop senders arrive in bursts; after one, waiting is pure latency).
   With ``adaptive``, a queue where waiting has not gathered company lately stops waiting
   (:class:`WaitAdvisor`), so a lone sender is not taxed the queue delay on every call.
-- Entries whose deadline has passed are dropped when a batch is formed and answered
-  DEADLINE_EXCEEDED through ``on_expired``.
+- Entries whose deadline (monotonic, :class:`contract.deadline.Deadline`) has passed
+  are dropped when a batch is formed and answered DEADLINE_EXCEEDED through
+  ``on_expired``.
 - ``stop(grace)`` refuses new entries, flushes queues without waiting for company,
   lets running batches finish within the grace period, then fails what is left with
   UNAVAILABLE.
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloud_core.errors import Overloaded, Unavailable
+from contract.deadline import Deadline
 
 __all__ = ["Batcher", "Entry", "WaitAdvisor", "ready_at", "take_batch"]
 
@@ -40,10 +46,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Entry:
-    """One queued request: ``items`` samples, wall-clock ``deadline``, opaque payload."""
+    """One queued request: ``items`` samples, its ``deadline``, an opaque payload."""
 
     items: int
-    deadline: float
+    deadline: Deadline
     payload: Any
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -52,8 +58,8 @@ def take_batch(queue: deque[Entry], now: float, max_batch: int
                ) -> tuple[list[Entry], list[Entry]]:
     """Pop the next batch from the head of ``queue``.
 
-    Expired entries (``deadline <= now``, wall clock) met on the way are popped too and
-    returned separately. A batch holds whole requests, FIFO, at most ``max_batch``
+    Expired entries (deadline reached at ``now``, monotonic seconds) met on the way are
+    popped too and returned separately. A batch holds whole requests, FIFO, at most ``max_batch``
     samples (a single request is never split).
 
     Returns:
@@ -64,7 +70,7 @@ def take_batch(queue: deque[Entry], now: float, max_batch: int
     total = 0
     while queue:
         head = queue[0]
-        if head.deadline <= now:
+        if head.deadline.expired(now):
             expired.append(queue.popleft())
             continue
         if batch and total + head.items > max_batch:
@@ -195,7 +201,7 @@ class Batcher:
                 q = _Queue(key, self.max_queue)
                 self._queues[key] = q
                 q.thread = threading.Thread(target=self._dispatch, args=(q,), daemon=True,
-                                            name=f"batcher-{'/'.join(map(str, _tuple(key)))}")
+                                            name=_thread_name(key))
                 q.thread.start()
             return q
 
@@ -242,7 +248,7 @@ class Batcher:
             if waited:
                 self.waits += 1
                 q.advisor.record(len(q.entries) > before)
-            batch, expired = take_batch(q.entries, time.time(), self.max_batch)
+            batch, expired = take_batch(q.entries, time.monotonic(), self.max_batch)
             depth = len(q.entries)
             if batch:
                 q.running += 1
@@ -338,5 +344,9 @@ class Batcher:
         self._pool.shutdown(wait=max(0.0, end - time.monotonic()) > 0, cancel_futures=False)
 
 
-def _tuple(key: Key) -> tuple[Any, ...]:
-    return key if isinstance(key, tuple) else (key,)
+def _thread_name(key: Key) -> str:
+    """``batcher-model/version/cut/shapes``, shapes written ``3x224x224``."""
+    parts = key if isinstance(key, tuple) else (key,)
+    return "batcher-" + "/".join(
+        ",".join("x".join(map(str, s)) for s in p) if isinstance(p, tuple) else str(p)
+        for p in parts)

@@ -1,9 +1,12 @@
 """``cloud.yaml``: the cloud core's configuration, validated once at the entry point.
 
-Every section is a pydantic model with ``extra="forbid"`` so a misspelt key fails at
-start-up with its dotted path (``batching.max_batchh: extra inputs are not permitted``)
-instead of being silently ignored. Relative paths are resolved against the directory of
-the YAML file, so a config and its repository/keys can move together.
+Built on :mod:`contract.config`: every section is a frozen
+:class:`~contract.config.StrictModel`, so a misspelt key fails at start-up with its
+dotted path (``batching.max_batchh: unknown key``) instead of being silently ignored;
+path settings are :data:`~contract.config.ConfigPath`, resolved against the directory of
+the YAML file, so a config and its repository/keys can move together; and any setting can
+be overridden from the environment (``TIERSPLIT_BATCHING__MAX_BATCH=32``), see
+:func:`contract.config.load_yaml`.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from cloud_core.errors import ConfigError
+from contract import config as kit
+from contract.config import ConfigPath, StrictModel
 from transport.config import ServerLinkConfig
 
 __all__ = [
@@ -30,11 +34,7 @@ __all__ = [
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ModelRef(_Strict):
+class ModelRef(StrictModel):
     """Which bundle versions of one model to load at start.
 
     ``versions: ["latest"]`` loads the highest version found (numeric order when the
@@ -47,7 +47,7 @@ class ModelRef(_Strict):
     pin: str | None = None
 
 
-class BatchingConfig(_Strict):
+class BatchingConfig(StrictModel):
     """Dynamic batching, applied per (model, version, cut) queue.
 
     ``max_batch`` counts samples (the batch dimension), not requests; a request bigger
@@ -80,7 +80,7 @@ class BatchingConfig(_Strict):
         return gap / 1e3
 
 
-class BackendConfig(_Strict):
+class BackendConfig(StrictModel):
     """Which engine runs the tails.
 
     ``onnxruntime`` (default) uses the CUDA execution provider when ``device`` is
@@ -98,23 +98,23 @@ class BackendConfig(_Strict):
     triton_timeout_s: float = Field(30.0, gt=0)
 
 
-class HttpConfig(_Strict):
+class HttpConfig(StrictModel):
     """Metrics, health and admin API. ``port: 0`` picks a free port (printed at start)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9300, ge=0, le=65535)
-    admin_token_file: Path | None = Field(
+    admin_token_file: ConfigPath | None = Field(
         None, description="if set, admin endpoints need 'Authorization: Bearer <token>'")
 
 
-class LimitsConfig(_Strict):
+class LimitsConfig(StrictModel):
     """Per-request size limits checked before anything is queued."""
 
     max_request_bytes: int = Field(64 << 20, ge=1)
 
 
-class DebugConfig(_Strict):
+class DebugConfig(StrictModel):
     """Fault injection for reliability tests. Leave at defaults in production.
 
     ``tail_delay_ms`` adds that much sleep to every batch's compute (a "slow cloud"); it is
@@ -124,11 +124,11 @@ class DebugConfig(_Strict):
     tail_delay_ms: float = Field(0.0, ge=0)
 
 
-class CloudConfig(_Strict):
+class CloudConfig(StrictModel):
     """The whole ``cloud.yaml``. See ``configs/cloud.yaml`` for a documented example."""
 
-    repository: Path
-    signing_public_key: Path | None = None
+    repository: ConfigPath
+    signing_public_key: ConfigPath | None = None
     allow_unsigned: bool = False
     models: list[ModelRef] = Field(default_factory=list)
     transports: list[ServerLinkConfig] = Field(default_factory=list)
@@ -148,61 +148,28 @@ class CloudConfig(_Strict):
         return self
 
 
-_PATH_KEYS = frozenset({"repository", "signing_public_key", "admin_token_file", "secret_key",
-                        "allowed_keys_dir", "ca_file", "client_cert", "client_key",
-                        "password_file"})
+def parse_config(data: dict[str, Any], base: Path | str | None = None,
+                 source: str = "<config>") -> CloudConfig:
+    """Validate an already-parsed mapping (tests and embedding); relative paths resolve
+    against ``base`` (default: the working directory).
 
-
-def _resolve(data: Any, base: Path) -> Any:
-    """Resolve every path-valued key (ours and the transports') against ``base``."""
-    if isinstance(data, list):
-        return [_resolve(x, base) for x in data]
-    if not isinstance(data, dict):
-        return data
-    out = {}
-    for key, value in data.items():
-        if key in _PATH_KEYS and isinstance(value, str):
-            p = Path(value).expanduser()
-            out[key] = str(p if p.is_absolute() else base / p)
-        else:
-            out[key] = _resolve(value, base)
-    return out
-
-
-def _format(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
-
-
-def parse_config(data: dict[str, Any], base: Path | None = None) -> CloudConfig:
-    """Validate an already-parsed mapping; relative paths resolve against ``base``."""
-    if not isinstance(data, dict):
-        raise ConfigError("cloud config must be a mapping at the top level")
+    Raises:
+        ConfigError: naming each offending key.
+    """
     try:
-        return CloudConfig.model_validate(_resolve(data, base or Path.cwd()))
-    except ValidationError as e:
-        raise ConfigError(f"invalid cloud config: {_format(e)}") from e
-    except ValueError as e:
-        raise ConfigError(f"invalid cloud config: {e}") from e
+        return kit.parse(CloudConfig, data, source=f"cloud config {source}", base=base)
+    except kit.ConfigError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_config(path: Path | str) -> CloudConfig:
-    """Read and validate ``cloud.yaml``.
+    """Read and validate ``cloud.yaml`` (environment overrides applied, see
+    :func:`contract.config.load_yaml`).
 
     Raises:
-        ConfigError: unreadable file, bad YAML, or a schema error naming the key.
+        ConfigError: missing file, bad YAML, or a schema error naming the key.
     """
-    path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"cannot read cloud config {path}: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
-    try:
-        return parse_config(data or {}, path.resolve().parent)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from e
+        return kit.load_yaml(path, CloudConfig, what="cloud config")
+    except kit.ConfigError as e:
+        raise ConfigError(str(e)) from None

@@ -9,6 +9,7 @@ actual and never contain tensor contents or key material.
 
 from __future__ import annotations
 
+from contract.errors import ConfigError as _ContractConfigError
 from transport.messages import Status
 
 __all__ = [
@@ -91,8 +92,11 @@ class RepositoryError(CloudError):
     reason = "repository"
 
 
-class ConfigError(CloudError):
-    """``cloud.yaml`` is invalid; the message names the key. Start-up only, never a reply."""
+class ConfigError(CloudError, _ContractConfigError):
+    """``cloud.yaml`` is invalid; the message names the key. Start-up only, never a reply.
+
+    Also a ``contract.errors.ConfigError`` (and a ``ValueError``), like every tier's
+    config error, so callers can handle any of them in one place."""
 
     reason = "config"
 

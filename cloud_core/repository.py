@@ -31,6 +31,7 @@ import numpy as np
 from cloud_core.backends import Backend, BackendFactory
 from cloud_core.errors import BackendError, ModelNotFound, RepositoryError, VersionMismatch
 from contract.bundle import MANIFEST, SIGNATURE, Bundle, CutSpec
+from contract.dtypes import numpy_dtype
 from contract.errors import BundleError
 
 __all__ = ["LoadedVersion", "Repository", "version_key"]
@@ -71,8 +72,15 @@ class LoadedVersion:
             b.close()
 
 
+def _warm_size(dim: object) -> int:
+    """A size to warm a dimension up with: fixed sizes as declared, dynamic ones (``-1``,
+    ``None`` or a symbolic name) as 1."""
+    return dim if isinstance(dim, int) and dim > 0 else 1
+
+
 def _warm_up(backend: Backend, cut: CutSpec) -> None:
-    feeds = {t.name: np.zeros((1, *[max(d, 1) for d in t.shape[1:]]), dtype=t.dtype)
+    feeds = {t.name: np.zeros((1, *[_warm_size(d) for d in t.shape[1:]]),
+                              dtype=numpy_dtype(t.dtype))
              for t in cut.tensors}
     backend.run(feeds)
 

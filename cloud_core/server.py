@@ -32,7 +32,7 @@ from cloud_core.errors import (
 )
 from cloud_core.metrics import UNKNOWN, CloudMetrics
 from cloud_core.repository import LoadedVersion, Repository
-from cloud_core.validate import Validated, validate_request
+from cloud_core.validate import Target, Validated, check_request, resolve_target
 from transport.base import Responder, ServerLink
 from transport.messages import LoadReport, Reply, Request, Status
 
@@ -75,6 +75,7 @@ class CloudCore:
         self._queue_ms = 0.0  # EWMA of recent queue times, for load reports
         self._inflight = 0
         self._count_lock = threading.Lock()
+        self._depths: dict[tuple[Any, ...], int] = {}  # queue depth by batcher key
         self._http: Any = None
         key = None
         if config.signing_public_key is not None:
@@ -190,20 +191,22 @@ class CloudCore:
     # -- ServerHandler ---------------------------------------------------------------
     def on_request(self, request: Request, responder: Responder) -> None:
         """Validate and enqueue (called on a link's I/O thread: must not compute)."""
+        target: Target | None = None
         try:
             if self._state != "running":
                 raise Unavailable("cloud core is not serving (starting or shutting down)")
-            valid = validate_request(request, self.repository, now=time.time(),
-                                     max_request_bytes=self.config.limits.max_request_bytes,
-                                     max_batch=self.config.batching.max_batch)
-            key = (valid.version.name, valid.version.version, valid.cut.id)
-            self.batcher.submit(key, Entry(items=valid.items, deadline=request.deadline,
-                                           payload=_Job(request, responder, valid)))
+            target = resolve_target(request, self.repository)
+            valid = check_request(request, target,
+                                  max_request_bytes=self.config.limits.max_request_bytes,
+                                  max_batch=self.config.batching.max_batch)
+            self.batcher.submit(valid.batch_key, Entry(items=valid.items,
+                                                       deadline=request.deadline,
+                                                       payload=_Job(request, responder, valid)))
         except CloudError as e:
-            self._refuse(request, responder, e)
+            self._refuse(request, responder, e, target)
         except Exception as e:  # a bug must not kill the link's I/O thread
             log.exception("unexpected error validating request %s", request.request_id)
-            self._refuse(request, responder, e)
+            self._refuse(request, responder, e, target)
 
     def on_reject(self, reason: str, agent_id: str | None) -> None:
         self.metrics.rejected.labels(reason=reason).inc()
@@ -215,16 +218,14 @@ class CloudCore:
                           inflight=self._inflight)
 
     # -- replies ---------------------------------------------------------------------
-    def _labels(self, request: Request) -> tuple[str, str]:
-        lv = self.repository.active(request.model)
-        if lv is None:
-            return UNKNOWN, UNKNOWN
-        return request.model, request.cut if request.cut in lv.tails else UNKNOWN
-
-    def _refuse(self, request: Request, responder: Responder, error: Exception) -> None:
+    def _refuse(self, request: Request, responder: Responder, error: Exception,
+                target: Target | None) -> None:
+        """Answer ``request`` with the status of ``error`` and count it; metric labels
+        come from the checked ``target`` (None when the model or cut was not resolved),
+        never from what the request claims."""
         status = status_for(error)
         reason = error.reason if isinstance(error, CloudError) else "internal"
-        model, cut = self._labels(request)
+        model, cut = (target.version.name, target.cut.id) if target else (UNKNOWN, UNKNOWN)
         self.metrics.rejected.labels(reason=reason).inc()
         self.metrics.requests.labels(model=model, cut=cut, status=status.name).inc()
         log.info("refused %s from %s: %s %s", request.request_id, request.agent_id,
@@ -234,22 +235,31 @@ class CloudCore:
     def _expired(self, entry: Entry) -> None:
         job: _Job = entry.payload
         self._refuse(job.request, job.responder,
-                     _deadline_error(entry, time.monotonic() - entry.enqueued))
+                     _deadline_error(entry, time.monotonic() - entry.enqueued), job.valid.target)
 
     def _failed(self, entry: Entry, error: Exception) -> None:
         job: _Job = entry.payload
-        self._refuse(job.request, job.responder, error)
+        self._refuse(job.request, job.responder, error, job.valid.target)
 
-    def _depth(self, key: tuple[str, str, str], depth: int) -> None:
-        self.metrics.queue_depth.labels(model=key[0], version=key[1], cut=key[2]).set(depth)
+    def _depth(self, key: tuple[Any, ...], depth: int) -> None:
+        # One queue per (model, version, cut, sample shapes); the gauge sums the shapes.
+        labels = key[:3]
+        with self._count_lock:
+            if depth:
+                self._depths[key] = depth
+            else:
+                self._depths.pop(key, None)
+            total = sum(n for k, n in self._depths.items() if k[:3] == labels)
+        self.metrics.queue_depth.labels(model=key[0], version=key[1], cut=key[2]).set(total)
 
     # -- compute ---------------------------------------------------------------------
-    def _execute(self, key: tuple[str, str, str], batch: list[Entry]) -> None:
+    def _execute(self, key: tuple[Any, ...], batch: list[Entry]) -> None:
         """Run one batch on its version's backend and answer every request in it."""
         jobs: list[_Job] = [e.payload for e in batch]
-        lv: LoadedVersion = jobs[0].valid.version
-        cut = jobs[0].valid.cut
-        backend = lv.tails[cut.id]
+        target = jobs[0].valid.target
+        lv: LoadedVersion = target.version
+        cut = target.cut
+        backend = target.backend
         items = sum(e.items for e in batch)
         start = time.monotonic()
         with self._count_lock:
@@ -273,7 +283,7 @@ class CloudCore:
             log.error("batch of %d on %s:%s/%s failed: %s", items, lv.name, lv.version,
                       cut.id, e)
             for j in jobs:
-                self._refuse(j.request, j.responder, e)
+                self._refuse(j.request, j.responder, e, target)
             return
         finally:
             with self._count_lock:
@@ -290,6 +300,7 @@ class CloudCore:
             tensors = {k: v[offset:offset + n] for k, v in outputs.items()}
             offset += n
             self.metrics.requests.labels(model=lv.name, cut=cut.id, status="OK").inc()
+            self.metrics.agent_seen(job.request.agent_id, lv.name, lv.version)
             _send(job.responder, Reply(request_id=job.request.request_id, status=Status.OK,
                                        tensors=tensors, queue_ms=queued * 1e3,
                                        compute_ms=compute * 1e3))

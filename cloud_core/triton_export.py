@@ -11,6 +11,12 @@ and the model outputs from the manifest (batch dimension left to ``max_batch_siz
 parameter so an operator can tell which bundle a Triton model came from. The names are
 what the ``triton`` backend asks Triton for. Exporting a second bundle version of the same
 model adds a version directory and serves all versions (``version_policy: all``).
+
+The configuration is built as Triton's own protobuf message
+(``tritonclient.grpc.model_config_pb2.ModelConfig``) and written with
+``google.protobuf.text_format``, then parsed back with the same schema before anything is
+written, so a field Triton does not know or a malformed value fails the export instead of
+the Triton server's model load. Dtypes come from the one dtype table, :mod:`contract.dtypes`.
 """
 
 from __future__ import annotations
@@ -18,24 +24,22 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cloud_core.backends.base import tail_file
+from contract import dtypes
 from contract.bundle import Bundle, TensorSpec
 
 __all__ = [
-    "TRITON_DTYPES",
     "ExportedModel",
+    "build_config",
     "export_triton",
+    "parse_config_text",
     "render_config",
+    "triton_data_type",
     "triton_model_name",
     "triton_model_version",
 ]
-
-TRITON_DTYPES = {
-    "float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64",
-    "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "int16": "TYPE_INT16",
-    "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL",
-}
 
 
 def triton_model_name(model: str, cut: str) -> str:
@@ -55,36 +59,92 @@ class ExportedModel:
     path: Path
 
 
-def _tensor(spec: TensorSpec, batched: bool) -> str:
-    if spec.dtype not in TRITON_DTYPES:
-        raise ValueError(f"tensor {spec.name!r} has dtype {spec.dtype} which Triton's "
-                         f"onnxruntime backend does not take ({sorted(TRITON_DTYPES)})")
-    dims = spec.shape[1:] if batched else spec.shape
-    return (f'  {{\n    name: "{spec.name}"\n    data_type: {TRITON_DTYPES[spec.dtype]}\n'
-            f"    dims: [ {', '.join(str(d) for d in dims)} ]\n  }}")
+def _pb() -> Any:
+    # tritonclient.grpc pulls in grpc; only exporting needs it, not the names above.
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2
+
+
+def triton_data_type(dtype: str) -> int:
+    """The ``DataType`` enum value of a manifest dtype name (``float32`` -> ``TYPE_FP32``).
+
+    Raises:
+        ValueError: a dtype the dtype table or Triton's schema does not know.
+    """
+    pb = _pb()
+    try:
+        return int(pb.DataType.Value(dtypes.by_name(dtype).triton))
+    except dtypes.UnknownDType as e:
+        raise ValueError(f"cannot export to Triton: {e}") from None
+    except ValueError:
+        raise ValueError(f"dtype {dtype} has no Triton data type in this tritonclient's "
+                         "schema") from None
+
+
+def _tensor(msg: Any, spec: TensorSpec, batched: bool) -> None:
+    msg.name = spec.name
+    try:
+        msg.data_type = triton_data_type(spec.dtype)
+    except ValueError as e:
+        raise ValueError(f"tensor {spec.name!r}: {e}") from None
+    msg.dims.extend(spec.shape[1:] if batched else spec.shape)
+
+
+def build_config(name: str, inputs: list[TensorSpec], outputs: list[TensorSpec], *,
+                 max_batch: int, max_queue_delay_us: int, instances: int, kind: str,
+                 digest: str) -> Any:
+    """The ``ModelConfig`` protobuf message of one tail model.
+
+    The batch dimension goes to ``max_batch_size`` (with dynamic batching) only when every
+    tensor has a leading ``-1``; otherwise the shapes are declared whole and Triton does
+    not batch.
+    """
+    pb = _pb()
+    batched = all(t.shape and t.shape[0] == -1 for t in [*inputs, *outputs])
+    cfg = pb.ModelConfig(name=name, platform="onnxruntime_onnx",
+                         max_batch_size=max_batch if batched else 0)
+    cfg.version_policy.all.SetInParent()
+    for spec in inputs:
+        _tensor(cfg.input.add(), spec, batched)
+    for spec in outputs:
+        _tensor(cfg.output.add(), spec, batched)
+    if batched:
+        cfg.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    cfg.instance_group.add(count=instances, kind=pb.ModelInstanceGroup.Kind.Value(kind))
+    cfg.parameters["tiersplit_digest"].string_value = digest
+    return cfg
+
+
+def parse_config_text(text: str) -> Any:
+    """Parse ``config.pbtxt`` text with Triton's schema.
+
+    Raises:
+        ValueError: text that is not a valid ``ModelConfig`` (unknown field, bad enum...).
+    """
+    from google.protobuf import text_format
+
+    cfg = _pb().ModelConfig()
+    try:
+        text_format.Parse(text, cfg)
+    except text_format.ParseError as e:
+        raise ValueError(f"not a valid Triton model configuration: {e}") from None
+    return cfg
 
 
 def render_config(name: str, inputs: list[TensorSpec], outputs: list[TensorSpec], *,
                   max_batch: int, max_queue_delay_us: int, instances: int, kind: str,
                   digest: str) -> str:
-    """The ``config.pbtxt`` text of one tail model."""
-    batched = all(t.shape and t.shape[0] == -1 for t in [*inputs, *outputs])
-    mbs = max_batch if batched else 0
-    lines = [
-        f'name: "{name}"',
-        'platform: "onnxruntime_onnx"',
-        f"max_batch_size: {mbs}",
-        "version_policy: { all { } }",
-        "input [\n" + ",\n".join(_tensor(t, batched) for t in inputs) + "\n]",
-        "output [\n" + ",\n".join(_tensor(t, batched) for t in outputs) + "\n]",
-    ]
-    if batched:
-        lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: "
-                     f"{max_queue_delay_us}\n}}")
-    lines.append(f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]")
-    lines.append(f'parameters {{\n  key: "tiersplit_digest"\n  value: {{ string_value: '
-                 f'"{digest}" }}\n}}')
-    return "\n".join(lines) + "\n"
+    """The ``config.pbtxt`` text of one tail model, checked by parsing it back."""
+    from google.protobuf import text_format
+
+    cfg = build_config(name, inputs, outputs, max_batch=max_batch,
+                       max_queue_delay_us=max_queue_delay_us, instances=instances, kind=kind,
+                       digest=digest)
+    text = text_format.MessageToString(cfg)
+    if parse_config_text(text) != cfg:
+        raise ValueError(f"config of {name} does not survive a text round trip")
+    return text
 
 
 def export_triton(bundle: Bundle, out: Path, *, max_batch: int = 16,

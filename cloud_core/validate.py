@@ -3,6 +3,12 @@
 Pure: takes a decoded request and the repository, returns what the batcher needs or
 raises a typed error that says expected vs actual. Nothing here computes; an invalid
 request costs a few dictionary lookups.
+
+Two steps, each done once where the request enters: :func:`resolve_target` checks the
+model, version, digest and cut id (the only place the cloud checks a cut id) and
+:func:`check_request` checks the deadline and the tensors against that target. Later
+stages (batcher, backend, metrics) take the checked :class:`Validated` value and never
+look the cut up again.
 """
 
 from __future__ import annotations
@@ -11,44 +17,138 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cloud_core.backends.base import Backend
 from cloud_core.errors import CutNotFound, DeadlineExceeded, InvalidInput
 from cloud_core.repository import LoadedVersion, Repository
-from contract.bundle import CutSpec
+from contract.bundle import CutSpec, TensorSpec
+from contract.dtypes import UnknownDType, numpy_dtype
 from transport.messages import Request
 
-__all__ = ["Validated", "validate_request"]
+__all__ = ["Target", "Validated", "check_request", "is_dynamic", "resolve_target",
+           "validate_request"]
+
+
+def is_dynamic(dim: object) -> bool:
+    """Whether a manifest shape entry accepts any size by itself: ``None``, a symbolic
+    name (``"seq"``) or a negative number (``-1``, the batch dimension)."""
+    return dim is None or isinstance(dim, str) or (isinstance(dim, int) and dim < 0)
+
+
+def _dynamic_axes(spec: TensorSpec) -> frozenset[int]:
+    """Axes of ``spec`` that accept any size: those its ``dynamic`` list names (their
+    ``shape`` entry is only the size seen when the model was partitioned) and those whose
+    shape entry is itself dynamic."""
+    listed = getattr(spec, "dynamic", None) or ()
+    return frozenset(listed) | {i for i, d in enumerate(spec.shape) if is_dynamic(d)}
+
+
+def _show(shape: list, dynamic: frozenset[int]) -> str:
+    """``[N, 3, seq]``: fixed sizes as numbers, dynamic ones by name (N, ? if unnamed)."""
+    out = []
+    for axis, d in enumerate(shape):
+        if axis not in dynamic:
+            out.append(str(d))
+        elif isinstance(d, str):
+            out.append(d)
+        else:
+            out.append("N" if axis == 0 else "?")
+    return "[" + ", ".join(out) + "]"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a request goes: a loaded version and one of its cloud-runnable cuts."""
+
+    version: LoadedVersion
+    cut: CutSpec
+    backend: Backend
 
 
 @dataclass(frozen=True, slots=True)
 class Validated:
-    """A request that may be queued: its version, cut and batch size (samples)."""
+    """A request that may be queued.
 
-    version: LoadedVersion
-    cut: CutSpec
+    Attributes:
+        target: its version, cut and backend.
+        items: batch size (samples).
+        sample_shapes: per-sample shape of each crossing tensor, in manifest order.
+    """
+
+    target: Target
     items: int
+    sample_shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def version(self) -> LoadedVersion:
+        return self.target.version
+
+    @property
+    def cut(self) -> CutSpec:
+        return self.target.cut
+
+    @property
+    def batch_key(self) -> tuple[str, str, str, tuple[tuple[int, ...], ...]]:
+        """The batcher queue this request joins: (model, version, cut, sample shapes).
+
+        Requests are concatenated along the batch dimension only, so two requests whose
+        other dimensions differ (text of 8 vs 32 tokens for a dynamic sequence axis) must
+        never share a batch: the sample shapes are part of the key.
+        """
+        lv = self.target.version
+        return (lv.name, lv.version, self.target.cut.id, self.sample_shapes)
 
 
-def validate_request(request: Request, repo: Repository, *, now: float,
-                     max_request_bytes: int, max_batch: int) -> Validated:
-    """Check everything about ``request`` that can be checked before queueing.
-
-    Order: deadline, model/version/digest, cut, size, tensor names, dtypes, shapes, batch.
+def resolve_target(request: Request, repo: Repository) -> Target:
+    """Model, version, digest and cut id of ``request``: the one place they are checked.
 
     Raises:
-        DeadlineExceeded, ModelNotFound, VersionMismatch, CutNotFound, InvalidInput.
+        ModelNotFound, VersionMismatch: from the repository.
+        CutNotFound: the manifest has no such cut, or it runs entirely on the edge.
     """
-    if request.deadline <= now:
-        raise DeadlineExceeded(f"deadline already passed {now - request.deadline:.3f} s "
-                               "before the request was validated")
     lv = repo.resolve(request.model, request.version, request.digest)
-    try:
-        cut = lv.cut(request.cut)
-    except KeyError:
-        raise CutNotFound(f"{lv.name}:{lv.version} has no cut {request.cut!r} "
-                          f"(cloud cuts: {sorted(lv.tails)})") from None
-    if cut.id not in lv.tails:
-        raise CutNotFound(f"cut {cut.id!r} of {lv.name}:{lv.version} runs entirely on the "
-                          f"edge; cloud cuts: {sorted(lv.tails)}")
+    backend = lv.tails.get(request.cut)
+    if backend is None:
+        cloud = sorted(lv.tails)
+        if request.cut in lv.bundle.manifest.cut_ids:
+            raise CutNotFound(f"cut {request.cut!r} of {lv.name}:{lv.version} runs entirely "
+                              f"on the edge; cloud cuts: {cloud}")
+        raise CutNotFound(f"{lv.name}:{lv.version} has no cut {request.cut[:64]!r} "
+                          f"(cloud cuts: {cloud})")
+    return Target(version=lv, cut=lv.bundle.manifest.cut(request.cut), backend=backend)
+
+
+def _check_shape(spec: TensorSpec, got: tuple[int, ...]) -> None:
+    want, dynamic = list(spec.shape), _dynamic_axes(spec)
+    if len(got) != len(want) or len(got) < 1:
+        raise InvalidInput(f"tensor {spec.name!r}: expected shape {_show(want, dynamic)} "
+                           f"(rank {len(want)}), got {list(got)}", reason="shape")
+    for axis, (w, g) in enumerate(zip(want, got, strict=True)):
+        if axis in dynamic or w == g:
+            continue
+        what = "batch dimension" if axis == 0 else f"dimension {axis}"
+        raise InvalidInput(f"tensor {spec.name!r}: {what} is fixed at {w}, got {g} (expected "
+                           f"shape {_show(want, dynamic)}, got {list(got)})", reason="shape")
+
+
+def check_request(request: Request, target: Target, *, max_request_bytes: int,
+                  max_batch: int, now: float | None = None) -> Validated:
+    """Check the deadline and the tensors of ``request`` against ``target``.
+
+    Order: deadline, size, tensor names, dtypes, shapes, batch. Dimensions the manifest
+    declares dynamic (listed in a tensor's ``dynamic``, or a shape entry that is ``None``,
+    a name or negative) accept any size; fixed ones must match.
+
+    Args:
+        now: monotonic time to check the deadline against (default: this instant).
+
+    Raises:
+        DeadlineExceeded, InvalidInput.
+    """
+    if request.deadline.expired(now):
+        raise DeadlineExceeded(f"deadline already passed "
+                               f"{-request.deadline.remaining_ms(now):.1f} ms before the "
+                               "request was validated")
+    cut = target.cut
     tensors = request.tensors
     total = sum(int(a.nbytes) for a in tensors.values())
     if total > max_request_bytes:
@@ -61,31 +161,40 @@ def validate_request(request: Request, repo: Repository, *, now: float,
         raise InvalidInput(f"cut {cut.id!r} expects tensors {expected}; missing {missing}, "
                            f"unexpected {extra}", reason="names")
     items = -1
+    shapes = []
     for spec in cut.tensors:
         arr = tensors[spec.name]
         if not isinstance(arr, np.ndarray):
             raise InvalidInput(f"tensor {spec.name!r} is not an array", reason="dtype")
-        if arr.dtype != np.dtype(spec.dtype):
+        try:
+            want_dtype = numpy_dtype(spec.dtype)
+        except UnknownDType as e:
+            raise InvalidInput(f"tensor {spec.name!r}: manifest dtype: {e}",
+                               reason="dtype") from None
+        if arr.dtype != want_dtype:
             raise InvalidInput(f"tensor {spec.name!r}: expected dtype {spec.dtype}, got "
                                f"{arr.dtype}", reason="dtype")
-        want = spec.shape
-        ok = arr.ndim == len(want) and arr.ndim >= 1 and all(
-            w < 0 or w == a for w, a in zip(want[1:], arr.shape[1:], strict=True))
-        if not ok:
-            shown = ["N" if d < 0 else str(d) for d in want]
-            raise InvalidInput(f"tensor {spec.name!r}: expected shape [{', '.join(shown)}], "
-                               f"got {list(arr.shape)}", reason="shape")
-        if want[0] >= 0 and arr.shape[0] != want[0]:
-            raise InvalidInput(f"tensor {spec.name!r}: batch dimension is fixed at {want[0]}, "
-                               f"got {arr.shape[0]}", reason="shape")
+        _check_shape(spec, arr.shape)
         if items < 0:
             items = int(arr.shape[0])
         elif arr.shape[0] != items:
             raise InvalidInput(f"tensor {spec.name!r} has batch {arr.shape[0]} but the others "
                                f"have {items}", reason="shape")
+        shapes.append(tuple(int(d) for d in arr.shape[1:]))
     if items < 1:
         raise InvalidInput("empty batch: tensors have batch dimension 0", reason="shape")
     if items > max_batch:
         raise InvalidInput(f"request batch of {items} exceeds max_batch {max_batch}; "
                            "split it", reason="batch")
-    return Validated(version=lv, cut=cut, items=items)
+    return Validated(target=target, items=items, sample_shapes=tuple(shapes))
+
+
+def validate_request(request: Request, repo: Repository, *, max_request_bytes: int,
+                     max_batch: int, now: float | None = None) -> Validated:
+    """:func:`resolve_target` then :func:`check_request`.
+
+    Raises:
+        ModelNotFound, VersionMismatch, CutNotFound, DeadlineExceeded, InvalidInput.
+    """
+    return check_request(request, resolve_target(request, repo),
+                         max_request_bytes=max_request_bytes, max_batch=max_batch, now=now)

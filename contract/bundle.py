@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contract.errors import BundleError, BundleExists, HashMismatch, SignatureError
+from contract.privacy import PrivacyAudit
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.yaml"
@@ -60,11 +61,17 @@ class _Frozen(BaseModel):
 
 
 class TensorSpec(_Frozen):
-    """A named tensor. ``shape[0] == -1`` marks the dynamic batch dimension."""
+    """A named tensor. ``shape[0] == -1`` marks the dynamic batch dimension.
+
+    ``dynamic`` lists the other dimensions whose size varies per request (a text model's
+    sequence length); ``shape`` holds the size they had when the model was partitioned,
+    so per-sample byte figures stay meaningful, and a reader must accept any size there.
+    """
 
     name: str
     shape: list[int]
     dtype: str = "float32"
+    dynamic: list[int] = Field(default_factory=list)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -87,6 +94,7 @@ class Accuracy(_Frozen):
     cosine: float = 1.0
     top1_agreement: float | None = None  # classifiers only
     samples: int = 0
+    metric: float | None = None  # the user's metric (higher is better), when one was given
 
 
 class CutSpec(_Frozen):
@@ -104,6 +112,15 @@ class CutSpec(_Frozen):
     head_flops: int = 0  # estimated MACs per sample (0 if unknown)
     tail_flops: int = 0
     accuracy: Accuracy = Field(default_factory=Accuracy)
+    # How the head was made: "static-qdq", "dynamic-int8", either with "+fallback" when
+    # ``excluded_nodes`` stay in float, or "fp32" when no int8 recipe met the floor.
+    recipe: str = "static-qdq"
+    excluded_nodes: list[str] = Field(default_factory=list)
+    latency_ms: float | None = None  # head, batch 1, one thread, as shipped
+    latency_fp32_ms: float | None = None  # the fp32 head on the same machine
+    # The rest of the model after this cut, int8 and accuracy-bounded like the heads: a
+    # request whose cloud attempt fails finishes from the tensors the head computed.
+    device_tail: str | None = None
 
     @property
     def is_cloud(self) -> bool:
@@ -122,6 +139,14 @@ class QuantSpec(_Frozen):
     weight_type: str = "QInt8"
     calibration: str = "generated"  # "generated" or the npz file name
     calibration_samples: int = 0
+    evaluation: str = "generated"  # where the held-back accuracy samples came from
+    evaluation_samples: int = 0
+    # The floor every shipped head met on the held-back samples; the edge's default
+    # accuracy floor. 0 (old bundles) means no floor was applied.
+    accuracy_floor: float = 0.0  # cosine vs fp32
+    top1_floor: float | None = None  # classifiers: top-1 agreement vs fp32
+    metric: str | None = None  # "pkg.mod:fn" user metric, when one set the floor
+    metric_floor: float | None = None
 
 
 class Manifest(_Frozen):
@@ -140,6 +165,7 @@ class Manifest(_Frozen):
     full_accuracy: Accuracy = Field(default_factory=Accuracy)
     quantization: QuantSpec = Field(default_factory=QuantSpec)
     files: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256 hex
+    privacy_audit: PrivacyAudit | None = None  # tiersplit privacy audit --record
 
     def cut(self, cut_id: str) -> CutSpec:
         for c in self.cuts:
@@ -171,6 +197,7 @@ def _role_files(m: Manifest, role: Role) -> set[str]:
     if role in ("edge", "all"):
         need.add(m.full_int8)
         need.update(c.head for c in m.cuts if c.head)
+        need.update(c.device_tail for c in m.cuts if c.device_tail)
     if role in ("cloud", "all"):
         need.add(m.full_fp32)
         need.update(c.tail for c in m.cuts if c.tail)

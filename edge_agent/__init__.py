@@ -6,7 +6,6 @@ request at the cut the runtime policy predicts fastest, and never loses a reques
 """
 
 from edge_agent.agent import EdgeAgent
-from edge_agent.client import LOCAL_PATH, InferResult, RequestHandle
 from edge_agent.config import EdgeConfig, load_config, parse_config
 from edge_agent.errors import (
     AgentNotReady,
@@ -19,10 +18,21 @@ from edge_agent.errors import (
     Overloaded,
     Unauthorized,
 )
+from edge_agent.result import (
+    DEVICE_PATH,
+    FALLBACK_PATH,
+    REMOTE_PATH,
+    Attempt,
+    InferResult,
+    RequestHandle,
+)
 
 __all__ = [
-    "LOCAL_PATH",
+    "DEVICE_PATH",
+    "FALLBACK_PATH",
+    "REMOTE_PATH",
     "AgentNotReady",
+    "Attempt",
     "BundleRefused",
     "ConfigError",
     "EdgeAgent",

@@ -18,11 +18,16 @@ from typing import Any
 import numpy as np
 
 from contract.bundle import Manifest
-from edge_agent.client import EdgeClient, RequestHandle
+from contract.deadline import Deadline
+from contract.privacy import judge_cuts
+from edge_agent.client import EdgeClient
 from edge_agent.config import EdgeConfig, load_config
+from edge_agent.cuts import cut_infos_from_manifest
+from edge_agent.endpoints import EndpointInfo, resident
 from edge_agent.errors import AgentNotReady, ConfigError
 from edge_agent.metrics import EdgeMetrics
-from edge_agent.policy import EndpointInfo, Policy, cut_infos_from_manifest
+from edge_agent.policy import Policy
+from edge_agent.result import RequestHandle
 from edge_agent.runtime import EdgeRuntime, load_edge_bundle
 from transport.base import ClientLink
 from transport.errors import TransportError
@@ -110,15 +115,21 @@ class EdgeAgent:
                                       cfg.bundle.allow_unsigned)
             cuts = cut_infos_from_manifest(bundle.manifest)
             endpoints = [EndpointInfo(e.name, e.region) for e in cfg.endpoints]
+            # the floor is judged on the signed manifest: its privacy audit states the risk
+            verdicts = judge_cuts(bundle.manifest, cfg.policy.privacy_floor, cfg.codec)
+            policy_cfg = cfg.policy
+            if policy_cfg.accuracy_floor is None:  # the floor the partitioner shipped
+                policy_cfg = policy_cfg.model_copy(update={
+                    "accuracy_floor": bundle.manifest.quantization.accuracy_floor})
             try:
-                self.policy = Policy(cuts, endpoints, cfg.policy, cfg.codec,
+                self.policy = Policy(cuts, endpoints, policy_cfg, cfg.codec,
                                      allowed_regions=cfg.allowed_regions,
-                                     prior=_load_prior(cfg, bundle.name))
+                                     prior=_load_prior(cfg, bundle.name), privacy=verdicts)
             except ValueError as e:
                 raise ConfigError(str(e)) from e
             self.runtime = EdgeRuntime(bundle, intra_op_threads=cfg.runtime.intra_op_threads,
                                        inter_op_threads=cfg.runtime.inter_op_threads,
-                                       on_timing=self.policy.observe_head,
+                                       on_timing=self.policy.estimates.observe_head,
                                        emulate_gmacs=cfg.runtime.emulate_gmacs)
             self.runtime.measure(cfg.runtime.warmup_runs, cfg.runtime.measure_runs)
             links = self._connect()
@@ -143,8 +154,9 @@ class EdgeAgent:
         from transport import make_client_link
 
         links: dict[str, ClientLink] = {}
+        allowed = resident(self.config.endpoints, self.config.allowed_regions)
         for ep in self.config.endpoints:
-            if not self.config.region_allowed(ep.region):
+            if ep not in allowed:
                 log.info("endpoint %s (region %s) excluded by allowed_regions", ep.name,
                          ep.region)
                 continue
@@ -246,8 +258,12 @@ class EdgeAgent:
         return self.config.api.allow_cut_override
 
     def infer(self, inputs: dict[str, np.ndarray], deadline_ms: float | None = None,
-              request_id: str | None = None, cut: str | None = None) -> RequestHandle:
+              request_id: str | None = None, cut: str | None = None, *,
+              deadline: Deadline | None = None) -> RequestHandle:
         """Run one request (validated now, executed on a worker).
+
+        The time budget is ``deadline`` if given, else ``deadline_ms`` from now, else the
+        configured default.
 
         Raises:
             AgentNotReady: not started or stopping.
@@ -256,7 +272,7 @@ class EdgeAgent:
         """
         if not self._ready or self.client is None:
             raise AgentNotReady("the edge agent is not running")
-        return self.client.submit(inputs, deadline_ms, request_id, cut)
+        return self.client.submit(inputs, deadline_ms, request_id, cut, deadline=deadline)
 
     def wait_connected(self, timeout: float = 10.0, count: int = 1) -> bool:
         """Block until ``count`` endpoints are connected (tests, benchmarks)."""
@@ -268,7 +284,10 @@ class EdgeAgent:
         return False
 
     def status(self) -> dict[str, Any]:
-        """Bundle, endpoints, estimates, current cut, counts by path (``/status``)."""
+        """Bundle, endpoints, estimates, current cut, counts by path (``/status``; paths
+        are ``remote``, ``device`` and ``fallback``, plus ``error``, ``cascade_local`` /
+        ``cascade_split`` and ``fallback_<what finished it>``), the privacy floor's
+        barred cuts (under ``policy``), and the device's model runs by model key."""
         cfg = self.config
         out: dict[str, Any] = {"agent_id": cfg.agent_id, "state": self._state,
                                "ready": self._ready, "http": self.http_url,
@@ -282,12 +301,13 @@ class EdgeAgent:
             out["model_name"] = self.model_name
         eps: dict[str, Any] = {}
         live = self.client.endpoint_status() if self.client is not None else {}
+        allowed = resident(cfg.endpoints, cfg.allowed_regions)
         for ep in cfg.endpoints:
             if ep.name in live:
                 eps[ep.name] = live[ep.name]
             else:
                 eps[ep.name] = {"region": ep.region, "connected": False,
-                                "excluded": None if cfg.region_allowed(ep.region)
+                                "excluded": None if ep in allowed
                                 else "region not in allowed_regions"}
         out["endpoints"] = eps
         out["allowed_regions"] = cfg.allowed_regions
@@ -296,6 +316,13 @@ class EdgeAgent:
             out["policy"] = pol
             out["current_cut"] = pol["current_cut"]
         out["counts"] = self.client.counts_by_path() if self.client is not None else {}
+        casc = cfg.policy.cascade
+        out["cascade"] = {"enabled": casc.enabled, "threshold": casc.threshold,
+                          "kind": casc.kind}
+        if self.runtime is not None:
+            out["device_tails"] = sorted(c.id for c in self.runtime.manifest.cuts
+                                         if self.runtime.has_tail(c.id))
+            out["device_runs"] = dict(self.runtime.runs)
         return out
 
     def metrics_text(self) -> bytes:

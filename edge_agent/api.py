@@ -14,8 +14,11 @@ Infer bodies are JSON tensors or JSON followed by raw tensor bytes (the binary t
 data extension, ``Inference-Header-Content-Length``); gzip/deflate request bodies are
 accepted. Bodies over ``api.max_body_bytes`` get 413 before being read; malformed JSON,
 unknown datatypes and sizes that disagree with shapes get 400; a configured bearer token
-is required (401) everywhere except the health checks. Response ``parameters`` say which
-path served the request (cut id, ``edge`` or ``local``) and its timings.
+is required (401) everywhere except the health checks. Input datatypes are checked
+against the manifest (any numeric v2 datatype, e.g. FP32, FP16, INT64, INT32, BOOL for a
+text model's ``input_ids`` and ``attention_mask``). Response ``parameters`` say how the
+request was served — ``path`` (``remote``, ``device`` or ``fallback``) and ``cut`` (the
+cut id used) — and its timings.
 
 The tensor (de)serialisation below is pure; the Starlette handlers are thin adapters
 over the agent (``infer``, ``status``), which knows nothing of HTTP.
@@ -40,9 +43,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from contract import dtypes
 from contract.bundle import Manifest, TensorSpec
-from edge_agent.client import InferResult, RequestHandle
+from contract.deadline import Deadline
 from edge_agent.errors import AgentNotReady, EdgeError, InvalidInput, ModelNotFound, Unauthorized
+from edge_agent.result import InferResult, RequestHandle
 
 __all__ = [
     "HEADER_LENGTH",
@@ -56,17 +61,6 @@ log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
-#: KServe v2 datatype <-> numpy dtype (BYTES is not supported: models take numbers).
-_V2_TO_NP = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
-}
-_NP_TO_V2 = {v: k for k, v in _V2_TO_NP.items()}
-_SPEC_TO_V2 = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "int8": "INT8",
-               "uint8": "UINT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
-               "bool": "BOOL"}
 
 
 class Dataplane(Protocol):
@@ -82,7 +76,8 @@ class Dataplane(Protocol):
     def ready(self) -> bool: ...
 
     def infer(self, inputs: dict[str, np.ndarray], deadline_ms: float | None = None,
-              request_id: str | None = None, cut: str | None = None) -> RequestHandle: ...
+              request_id: str | None = None, cut: str | None = None, *,
+              deadline: Deadline | None = None) -> RequestHandle: ...
 
     @property
     def allow_cut_override(self) -> bool: ...
@@ -104,7 +99,7 @@ class InferRequest:
     outputs: list[str] | None  # None = all
     binary: dict[str, bool]  # output name -> return as binary
     binary_default: bool
-    deadline_ms: float | None
+    deadline: Deadline | None  # from "timeout" (µs) or "deadline_ms"
     cut: str | None = None  # "tiersplit_cut" parameter: a per-request override
 
 
@@ -127,13 +122,41 @@ def _param(obj: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return params.get(key, default)
 
 
+def _datatype(name: str, declared: Any, spec: TensorSpec | None) -> dtypes.DType:
+    """The dtype of input ``name`` as declared, checked against the manifest's spec."""
+    if not isinstance(declared, str):
+        raise InvalidInput(f"input {name!r}: datatype {declared!r} not supported; expected "
+                           f"one of {sorted(d.v2 for d in dtypes.DTYPES)}")
+    try:
+        dt = dtypes.by_v2(declared)
+    except dtypes.UnknownDType as e:
+        raise InvalidInput(f"input {name!r}: datatype {declared!r} not supported; {e}") \
+            from None
+    if spec is not None and spec.dtype != dt.name:
+        want = _spec_dtype(spec)
+        raise InvalidInput(f"input {name!r}: expected dtype {want.name} ({want.v2}), got "
+                           f"{dt.name} ({dt.v2})")
+    return dt
+
+
+def _spec_dtype(spec: TensorSpec) -> dtypes.DType:
+    try:
+        return dtypes.by_name(spec.dtype)
+    except dtypes.UnknownDType:
+        return dtypes.DType(spec.dtype, spec.dtype.upper(), "", 0)
+
+
 def parse_infer_request(body: bytes, header_length: int | None,
-                        max_elements: int = 1 << 28) -> InferRequest:
+                        max_elements: int = 1 << 28,
+                        specs: Mapping[str, TensorSpec] | None = None) -> InferRequest:
     """Decode a v2 infer body (JSON, or JSON + binary tensor data).
 
+    ``specs`` (the manifest's inputs by name) checks each input's datatype before its
+    data is decoded; inputs it does not name are left to the runtime's validation.
+
     Raises:
-        InvalidInput: malformed JSON, unknown datatype, or data whose size disagrees with
-            its shape (expected vs actual in the message).
+        InvalidInput: malformed JSON, unknown datatype or one the model does not take, or
+            data whose size disagrees with its shape (expected vs actual in the message).
     """
     if header_length is not None:
         if not 0 < header_length <= len(body):
@@ -157,10 +180,7 @@ def parse_infer_request(body: bytes, header_length: int | None,
         if name in inputs:
             raise InvalidInput(f"input {name!r} given twice")
         dt_name = tin.get("datatype")
-        if not isinstance(dt_name, str) or dt_name not in _V2_TO_NP:
-            raise InvalidInput(f"input {name!r}: datatype {dt_name!r} not supported; "
-                               f"expected one of {sorted(_V2_TO_NP)}")
-        dtype = _V2_TO_NP[dt_name]
+        dtype = _datatype(name, dt_name, (specs or {}).get(name)).numpy
         shape = _shape(tin.get("shape"), f"input {name!r}")
         count = math.prod(shape)
         if count > max_elements:
@@ -206,29 +226,38 @@ def parse_infer_request(body: bytes, header_length: int | None,
                 raise InvalidInput(f"outputs[{i}] must be an object with a 'name'")
             outputs.append(tout["name"])
             flags[tout["name"]] = bool(_param(tout, "binary_data", binary_default))
-    deadline_ms = None
-    timeout_us = _param(doc, "timeout")
-    custom = _param(doc, "deadline_ms")
-    for value, scale, key in ((timeout_us, 1e-3, "timeout"), (custom, 1.0, "deadline_ms")):
-        if value is None:
-            continue
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise InvalidInput(f"parameter {key!r} must be a positive number")
-        deadline_ms = float(value) * scale
+    deadline = _deadline(_param(doc, "timeout"), _param(doc, "deadline_ms"))
     rid = doc.get("id")
     if rid is not None and not isinstance(rid, str):
         raise InvalidInput("'id' must be a string")
     cut = _param(doc, CUT_PARAM)
     if cut is not None and not isinstance(cut, str):
         raise InvalidInput(f"parameter {CUT_PARAM!r} must be a cut id string")
-    return InferRequest(rid, inputs, outputs, flags, binary_default, deadline_ms, cut)
+    return InferRequest(rid, inputs, outputs, flags, binary_default, deadline, cut)
+
+
+def _deadline(timeout_us: Any, deadline_ms: Any) -> Deadline | None:
+    """The request's deadline from the standard ``timeout`` (microseconds) or this API's
+    ``deadline_ms`` (wins when both are given), anchored as the request is decoded."""
+    budget_ms = None
+    for value, per_ms, key in ((timeout_us, 1e3, "timeout"), (deadline_ms, 1.0, "deadline_ms")):
+        if value is None:
+            continue
+        try:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            budget_ms = float(value) / per_ms if ok else math.nan
+        except OverflowError:
+            budget_ms = math.nan
+        if not math.isfinite(budget_ms) or budget_ms <= 0:
+            raise InvalidInput(f"parameter {key!r} must be a positive number")
+    return None if budget_ms is None else Deadline.after_ms(budget_ms)
 
 
 def _v2_datatype(arr: np.ndarray) -> str:
     try:
-        return _NP_TO_V2[arr.dtype.newbyteorder("=")]
-    except KeyError:
-        return _NP_TO_V2[np.dtype(arr.dtype.name)]
+        return dtypes.by_name(arr.dtype.name).v2
+    except dtypes.UnknownDType:
+        raise InvalidInput(f"output dtype {arr.dtype} has no v2 datatype") from None
 
 
 def encode_infer_response(req: InferRequest, res: InferResult, model: str, version: str,
@@ -257,6 +286,12 @@ def encode_infer_response(req: InferRequest, res: InferResult, model: str, versi
                               "deadline_missed": res.deadline_missed,
                               "explored": res.explored}
     params.update({f"{k}_ms": round(v, 3) for k, v in res.timings.items()})
+    if res.cascade is not None:
+        params["cascade"] = res.cascade
+        if res.confidence is not None:
+            params["confidence"] = round(res.confidence, 6)
+    if res.fallback is not None:
+        params["fallback"] = res.fallback
     doc: dict[str, Any] = {"model_name": model, "model_version": version,
                            "parameters": params, "outputs": outs}
     if req.id is not None:
@@ -269,8 +304,7 @@ def encode_infer_response(req: InferRequest, res: InferResult, model: str, versi
 
 
 def _tensor_meta(t: TensorSpec) -> dict[str, Any]:
-    return {"name": t.name, "datatype": _SPEC_TO_V2.get(t.dtype, t.dtype.upper()),
-            "shape": list(t.shape)}
+    return {"name": t.name, "datatype": _spec_dtype(t).v2, "shape": list(t.shape)}
 
 
 # ----------------------------------------------------------------------------- HTTP
@@ -376,8 +410,9 @@ def build_app(plane: Dataplane, *, token: str | None = None,
         if hl is not None and not hl.isdigit():
             raise InvalidInput(f"{HEADER_LENGTH} must be an integer")
         # decoding JSON tensors can take a while: keep the event loop free meanwhile
+        specs = {t.name: t for t in plane.manifest.inputs}
         req = await run_in_threadpool(parse_infer_request, body,
-                                      int(hl) if hl is not None else None)
+                                      int(hl) if hl is not None else None, 1 << 28, specs)
         known = [t.name for t in plane.manifest.outputs]
         bad = [n for n in (req.outputs or []) if n not in known]
         if bad:
@@ -386,7 +421,7 @@ def build_app(plane: Dataplane, *, token: str | None = None,
         if req.cut is not None and not plane.allow_cut_override:
             raise InvalidInput(f"parameter {CUT_PARAM!r} is refused: per-request cut "
                                "overrides are off (api.allow_cut_override)")
-        handle = plane.infer(req.inputs, req.deadline_ms, cut=req.cut)
+        handle = plane.infer(req.inputs, cut=req.cut, deadline=req.deadline)
         res = await asyncio.wrap_future(handle.future)
         content, headers = await run_in_threadpool(
             encode_infer_response, req, res, plane.model_name, plane.manifest.version, known)

@@ -1,51 +1,43 @@
 """The edge agent's configuration (``configs/edge.yaml``), validated once at start.
 
-Every section is a frozen pydantic model with ``extra="forbid"``: an unknown key or a
-wrong type is an error that names the key (``policy.explore_fraction: ...``), never a
-silently ignored setting. Relative paths in a config file are resolved against the
-file's directory (as ``cloud.yaml`` does), so a config and its keys can move together;
-``tiersplit edge install`` writes absolute ones.
+Every section is a ``contract.config.StrictModel``: an unknown key or a wrong type is an
+error that names the key (``policy.explore_fraction: ...``), never a silently ignored
+setting. Path-valued settings are ``ConfigPath``: relative ones are resolved against the
+config file's folder (as ``cloud.yaml`` does), so a config and its keys can move
+together; ``tiersplit edge install`` writes absolute ones.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    model_validator,
-)
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from contract import config as kit
+from contract.config import ConfigPath, StrictModel
+from contract.privacy import PrivacyFloor
+from edge_agent.endpoints import region_allowed, resident
 from edge_agent.errors import ConfigError
 from transport.config import ClientLinkConfig
 
 __all__ = [
     "ApiConfig",
     "BundleConfig",
+    "CascadeConfig",
     "DeadlineConfig",
     "EdgeConfig",
     "EndpointConfig",
     "PolicyConfig",
     "RetryConfig",
     "RuntimeConfig",
-    "format_validation_error",
     "load_config",
     "parse_config",
-    "resolve_paths",
 ]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BundleConfig(_Section):
+class BundleConfig(StrictModel):
     """Which bundle the agent serves and the key its manifest must be signed with.
 
     Attributes:
@@ -56,8 +48,8 @@ class BundleConfig(_Section):
             Off by default: an edge device should only run what the cloud signed.
     """
 
-    path: Path
-    public_key: Path | None = None
+    path: ConfigPath
+    public_key: ConfigPath | None = None
     allow_unsigned: bool = False
 
     @model_validator(mode="after")
@@ -68,7 +60,7 @@ class BundleConfig(_Section):
         return self
 
 
-class EndpointConfig(_Section):
+class EndpointConfig(StrictModel):
     """One cloud core the agent may send to.
 
     Attributes:
@@ -83,7 +75,7 @@ class EndpointConfig(_Section):
     link: ClientLinkConfig
 
 
-class ApiConfig(_Section):
+class ApiConfig(StrictModel):
     """The local Open Inference Protocol (KServe v2) HTTP endpoint for applications.
 
     Attributes:
@@ -104,7 +96,7 @@ class ApiConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     token: SecretStr | None = None
-    token_file: Path | None = None
+    token_file: ConfigPath | None = None
     max_body_bytes: int = Field(64 << 20, gt=0)
     model_name: str | None = None
     allow_cut_override: bool = False
@@ -116,7 +108,7 @@ class ApiConfig(_Section):
         return self
 
 
-class RuntimeConfig(_Section):
+class RuntimeConfig(StrictModel):
     """ONNX Runtime settings on the device.
 
     Attributes:
@@ -139,19 +131,71 @@ class RuntimeConfig(_Section):
     emulate_gmacs: float | None = Field(None, gt=0)
 
 
-class PolicyConfig(_Section):
+#: The built-in confidence scores of the cascade (a hook names ``pkg.mod:fn`` instead).
+CASCADE_KINDS = ("max-softmax", "margin")
+_HOOK = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class CascadeConfig(StrictModel):
+    """Answer easy inputs on the device alone: the int8 full model runs first and its
+    answer stands when its confidence reaches ``threshold``; otherwise the request goes
+    on to the placement policy's path (the device's answer is kept: it serves the
+    ``edge`` cut and a fallback, and is never computed twice).
+
+    Attributes:
+        enabled: run the cascade (off by default: every request then pays for the full
+            model on the device first, which only pays off when many inputs are easy).
+        threshold: confidence at or above which the device's answer stands. Pick it with
+            ``placement.cascade.tune_threshold`` on held-back data for a target agreement
+            with the full-precision model.
+        kind: the confidence score: ``max-softmax`` (largest class probability),
+            ``margin`` (top-1 minus top-2 probability) or a hook ``pkg.mod:fn`` called
+            with the output array ``[batch, ...]`` and returning one score per sample.
+        output: the output holding the logits (default: the model's first output).
+    """
+
+    enabled: bool = False
+    threshold: float = Field(0.9, ge=0.0)
+    kind: str = "max-softmax"
+    output: str | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in CASCADE_KINDS and not _HOOK.match(value):
+            raise ValueError(f"expected one of {list(CASCADE_KINDS)} or a hook 'pkg.mod:fn', "
+                             f"got {value!r}")
+        return value
+
+
+class PolicyConfig(StrictModel):
     """Runtime placement.
 
     Attributes:
-        privacy_floor: minimum cut depth sent to the cloud. 1 (default) keeps raw inputs
-            on the device (the ``cloud`` cut is never used); 0 allows sending them.
+        privacy_floor: which cuts may send data. An integer is a minimum cut depth: 1
+            (default) keeps raw inputs on the device (the ``cloud`` cut is never used); 0
+            allows sending them. A mapping states the floor as risk (``min_depth``,
+            ``max_reconstruction``, ``max_dcor``, ``unaudited``; see
+            ``contract.privacy.PrivacyFloor``): cuts whose audited reconstruction quality
+            in the bundle's signed privacy audit exceeds the bound are never sent, and
+            ``/status`` says which cuts are barred and why.
         explore_fraction: share of requests that try a cut other than the predicted best
             (among those predicted within ``explore_max_ratio`` of it) so unused cuts'
             cloud timings and wire sizes stay fresh.
         explore_max_ratio: exploration never picks a cut predicted slower than this
             multiple of the best: it refreshes estimates without hurting tail latency.
-        ewma_alpha: weight of a new (median-filtered) sample in the estimates.
-        window: samples in the median filter that makes estimates robust to outliers.
+        estimator: ``robust`` (default): outliers are ignored and confirmed changes
+            followed at once (see ``change_band``); ``latest``: the last sample is the
+            estimate (re-decide on every measurement; fast and noisy, for comparison).
+        ewma_alpha: weight of a new (median-filtered) in-band sample in the estimates.
+        window: in-band samples in the median filter.
+        change_band: a sample more than this factor above or below an estimate is out of
+            its band: held back, not averaged in.
+        change_confirm: consecutive out-of-band samples on one side that reset the
+            estimate to their level (2: a change is followed after two samples, a lone
+            outlier never moves it).
+        overdue_factor: a transfer still in flight after this multiple of its predicted
+            time bounds the bandwidth before it completes (concurrent decisions use it).
         probe_interval_s: seconds between ping probes per endpoint (0 disables).
         probe_bytes: payload of the bandwidth probe (a second, empty ping gives RTT).
         initial_up_Bps: uplink bandwidth assumed before any measurement (bytes/s).
@@ -160,30 +204,37 @@ class PolicyConfig(_Section):
             than this fraction (avoids flapping between near-equal cuts).
         fixed_cut: force one cut id (``edge`` = all local, ``cloud`` = raw inputs, or
             ``k<depth>``): for benchmarks and comparisons; bypasses the optimizer but
-            not the privacy floor unless ``privacy_floor`` allows it.
-        accuracy_floor: cuts whose int8 accuracy (manifest cosine) is lower are excluded.
+            not the privacy floor.
+        accuracy_floor: cuts whose int8 accuracy (manifest cosine) is lower are excluded;
+            unset, the floor the bundle was partitioned to (``quantization.accuracy_floor``).
         cloud_speedup: until an endpoint reports compute times, its tails are assumed
             this many times faster than this device (then measured values take over).
         seed: seed of the exploration RNG (reproducible runs).
+        cascade: answer confident inputs on the device alone (see its section).
     """
 
-    privacy_floor: int = Field(1, ge=0)
+    privacy_floor: PrivacyFloor = Field(default_factory=lambda: PrivacyFloor(min_depth=1))
     explore_fraction: float = Field(0.05, ge=0.0, le=1.0)
     explore_max_ratio: float = Field(2.0, ge=1.0)
+    estimator: Literal["robust", "latest"] = "robust"
     ewma_alpha: float = Field(0.3, gt=0.0, le=1.0)
     window: int = Field(5, ge=1, le=101)
+    change_band: float = Field(2.0, gt=1.0)
+    change_confirm: int = Field(2, ge=1, le=20)
+    overdue_factor: float = Field(5.0, gt=1.0)
     probe_interval_s: float = Field(2.0, ge=0.0)
     probe_bytes: int = Field(32 << 10, ge=0)
     initial_up_Bps: float = Field(1.25e6, gt=0)
     initial_rtt_ms: float = Field(50.0, ge=0)
     hysteresis: float = Field(0.05, ge=0.0, lt=1.0)
     fixed_cut: str | None = None
-    accuracy_floor: float = Field(0.0, ge=0.0, le=1.0)
+    accuracy_floor: float | None = Field(None, ge=0.0, le=1.0)
     cloud_speedup: float = Field(10.0, gt=0)
     seed: int | None = None
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig)
 
 
-class DeadlineConfig(_Section):
+class DeadlineConfig(StrictModel):
     """Per-request deadlines.
 
     Attributes:
@@ -198,7 +249,7 @@ class DeadlineConfig(_Section):
     min_remote_ms: float = Field(5.0, ge=0.0)
 
 
-class RetryConfig(_Section):
+class RetryConfig(StrictModel):
     """Failover and circuit breaking.
 
     Attributes:
@@ -212,7 +263,7 @@ class RetryConfig(_Section):
     breaker_open_s: float = Field(5.0, gt=0)
 
 
-class EdgeConfig(_Section):
+class EdgeConfig(StrictModel):
     """The whole ``edge.yaml``.
 
     Attributes:
@@ -240,7 +291,7 @@ class EdgeConfig(_Section):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     deadlines: DeadlineConfig = Field(default_factory=DeadlineConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
-    placement_prior: Path | None = None
+    placement_prior: ConfigPath | None = None
 
     @model_validator(mode="after")
     def _unique_endpoint_names(self) -> EdgeConfig:
@@ -251,85 +302,33 @@ class EdgeConfig(_Section):
         return self
 
     def region_allowed(self, region: str) -> bool:
-        return self.allowed_regions is None or region in self.allowed_regions
+        """Whether data may go to ``region`` (``edge_agent.endpoints.region_allowed``)."""
+        return region_allowed(region, self.allowed_regions)
 
     @property
     def resident_endpoints(self) -> list[EndpointConfig]:
         """Endpoints data may be sent to (data residency applied)."""
-        return [e for e in self.endpoints if self.region_allowed(e.region)]
-
-
-def format_validation_error(error: ValidationError, prefix: str = "") -> str:
-    """One line per problem, each naming the key path (``api.port: ...``)."""
-    lines = []
-    for err in error.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-        if prefix:
-            loc = f"{prefix}.{loc}" if loc else prefix
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{loc or '<root>'}: {msg}")
-    return "; ".join(lines)
-
-
-_LINK_PATH_KEYS = frozenset({"secret_key", "server_public_key", "ca_file", "client_cert",
-                             "client_key", "password_file"})
-
-
-def _abs(value: Any, base: Path) -> Any:
-    if not isinstance(value, str):
-        return value
-    p = Path(value).expanduser()
-    return str(p if p.is_absolute() else base / p)
-
-
-def _resolve_link(data: Any, base: Path) -> Any:
-    if isinstance(data, list):
-        return [_resolve_link(x, base) for x in data]
-    if not isinstance(data, dict):
-        return data
-    return {k: _abs(v, base) if k in _LINK_PATH_KEYS else _resolve_link(v, base)
-            for k, v in data.items()}
-
-
-def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Every path-valued setting made absolute against ``base`` (the config's folder)."""
-    out = dict(data)
-    for section, keys in (("bundle", ("path", "public_key")), ("api", ("token_file",))):
-        if isinstance(out.get(section), dict):
-            out[section] = {k: _abs(v, base) if k in keys else v
-                            for k, v in out[section].items()}
-    if "placement_prior" in out:
-        out["placement_prior"] = _abs(out["placement_prior"], base)
-    if isinstance(out.get("endpoints"), list):
-        out["endpoints"] = [
-            {k: _resolve_link(v, base) if k == "link" else v for k, v in ep.items()}
-            if isinstance(ep, dict) else ep for ep in out["endpoints"]]
-    return out
+        return resident(self.endpoints, self.allowed_regions)
 
 
 def load_config(path: Path | str) -> EdgeConfig:
-    """Read and validate an edge config file.
+    """Read and validate an edge config file (relative paths: against its folder).
 
     Raises:
         ConfigError: the file is missing, not YAML, or invalid; the message names the
             offending keys.
     """
-    path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError as e:
-        raise ConfigError(f"edge config not found: {path}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of settings, got {type(data).__name__}")
-    return parse_config(resolve_paths(data, path.resolve().parent), source=str(path))
+        return kit.load_yaml(path, EdgeConfig, what="edge config")
+    except kit.ConfigError as e:
+        raise ConfigError(str(e)) from e
 
 
-def parse_config(data: dict[str, Any], source: str = "<config>") -> EdgeConfig:
-    """Validate an already-parsed config mapping (tests and in-process users)."""
+def parse_config(data: dict[str, Any], source: str = "<config>",
+                 base: Path | str | None = None) -> EdgeConfig:
+    """Validate an already-parsed config mapping (tests and in-process users); relative
+    paths resolve against ``base`` (default: the working directory)."""
     try:
-        return EdgeConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(f"invalid edge config {source}: {format_validation_error(e)}") \
-            from None
+        return kit.parse(EdgeConfig, data, source=f"edge config {source}", base=base)
+    except kit.ConfigError as e:
+        raise ConfigError(str(e)) from None

@@ -7,6 +7,8 @@ keys or tensor contents.
 
 from __future__ import annotations
 
+from contract.errors import ConfigError as _ContractConfigError
+
 __all__ = [
     "AgentNotReady",
     "BundleRefused",
@@ -26,8 +28,11 @@ class EdgeError(Exception):
     http_status: int = 500
 
 
-class ConfigError(EdgeError, ValueError):
-    """The edge config file is missing, malformed, or names an unknown key (startup only)."""
+class ConfigError(EdgeError, _ContractConfigError):
+    """The edge config file is missing, malformed, or names an unknown key (startup only).
+
+    Also a ``contract.errors.ConfigError`` (and a ``ValueError``): code that handles any
+    tier's config errors catches it too."""
 
 
 class BundleRefused(EdgeError):

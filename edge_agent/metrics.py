@@ -5,6 +5,11 @@ Names:
                                                   outcome = ok | fallback | error
     tiersplit_edge_request_seconds{path}          end-to-end latency histogram
     tiersplit_edge_failovers_total{endpoint,reason}
+    tiersplit_edge_cascade_total{outcome}         outcome = local (the device's answer
+                                                  stood) | split (went on to the policy)
+    tiersplit_edge_fallbacks_total{kind}          what finished a request after a failed
+                                                  cloud attempt: device_tail | cascade |
+                                                  full
     tiersplit_edge_current_cut{cut}               1 for the cut the policy uses now
     tiersplit_edge_current_cut_depth              its depth (0 = cloud)
     tiersplit_edge_uplink_bytes_per_second{endpoint}, tiersplit_edge_rtt_ms{endpoint},
@@ -35,6 +40,10 @@ class EdgeMetrics:
                                  ["path"], buckets=_BUCKETS, registry=r)
         self.failovers = Counter("tiersplit_edge_failovers", "Failed cloud attempts",
                                  ["endpoint", "reason"], registry=r)
+        self.cascade_outcomes = Counter("tiersplit_edge_cascade", "Cascade outcomes",
+                                        ["outcome"], registry=r)
+        self.fallbacks = Counter("tiersplit_edge_fallbacks", "Fallbacks by what finished "
+                                 "the request", ["kind"], registry=r)
         self.current_cut = Gauge("tiersplit_edge_current_cut", "1 for the current cut",
                                  ["cut"], registry=r)
         self.current_depth = Gauge("tiersplit_edge_current_cut_depth",
@@ -58,6 +67,12 @@ class EdgeMetrics:
 
     def failover(self, endpoint: str, reason: str) -> None:
         self.failovers.labels(endpoint, reason).inc()
+
+    def cascade(self, outcome: str) -> None:
+        self.cascade_outcomes.labels(outcome).inc()
+
+    def fallback(self, kind: str) -> None:
+        self.fallbacks.labels(kind).inc()
 
     def render(self, status: dict[str, Any]) -> bytes:
         """Refresh the gauges from an agent status snapshot, then serialise."""

@@ -1,7 +1,9 @@
-"""ONNX Runtime on the device: the int8 heads and the int8 full model (local fallback).
+"""ONNX Runtime on the device: the int8 heads, device tails and the int8 full model.
 
 Loads the edge side of a verified bundle, one ``InferenceSession`` per head plus the full
-int8 model, with the configured intra-op threads. At start it measures each head on this
+int8 model, and the device tail of every cut that ships one (the rest of the model after
+that cut: a request whose cloud attempt fails finishes from the tensors its head already
+computed), with the configured intra-op threads. At start it measures each head on this
 device (a short warm-up, then the median of a few timed runs) so the policy predicts
 with real numbers from the first request; every later run updates the estimate.
 No torch here: ONNX Runtime and numpy only.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from contract import dtypes
 from contract.bundle import CLOUD_CUT, EDGE_CUT, Bundle, TensorSpec
 from contract.errors import BundleError
 from edge_agent.errors import BundleRefused, InvalidInput
@@ -28,12 +32,11 @@ __all__ = ["EdgeRuntime", "load_edge_bundle"]
 
 log = logging.getLogger(__name__)
 
-_NP_DTYPES = {
-    "float32": np.float32, "float16": np.float16, "float64": np.float64,
-    "int8": np.int8, "uint8": np.uint8, "int16": np.int16, "int32": np.int32,
-    "int64": np.int64, "bool": np.bool_,
-}
+_TAIL = "tail:"  # model key prefix of a device tail (``tail:<cut>``)
 
+
+def _tail_key(cut_id: str) -> str:
+    return f"{_TAIL}{cut_id}"
 
 def load_edge_bundle(path: Path, public_key: Path | None, allow_unsigned: bool) -> Bundle:
     """Load and verify the edge side of a bundle; refuse anything not signed as configured.
@@ -53,8 +56,8 @@ def load_edge_bundle(path: Path, public_key: Path | None, allow_unsigned: bool) 
 
 def _np_dtype(spec: TensorSpec) -> np.dtype:
     try:
-        return np.dtype(_NP_DTYPES[spec.dtype])
-    except KeyError:
+        return dtypes.numpy_dtype(spec.dtype)
+    except dtypes.UnknownDType:
         return np.dtype(spec.dtype)
 
 
@@ -87,6 +90,8 @@ class EdgeRuntime:
         self._opts = opts
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._outputs: dict[str, list[str]] = {}
+        self._tails: dict[str, ort.InferenceSession] = {}
+        self._count_lock = threading.Lock()
         full = self._session(bundle.file(self.manifest.full_int8))
         self._sessions[EDGE_CUT] = full
         self._outputs[EDGE_CUT] = [t.name for t in self.manifest.outputs]
@@ -96,7 +101,10 @@ class EdgeRuntime:
             self._sessions[cut.id] = (full if cut.head == self.manifest.full_int8
                                       else self._session(bundle.file(cut.head)))
             self._outputs[cut.id] = [t.name for t in cut.tensors]
+            if cut.device_tail is not None:  # verified with the bundle, like the heads
+                self._tails[cut.id] = self._session(bundle.file(cut.device_tail))
         self.head_ms: dict[str, float] = {}  # measured at start (emulation included)
+        self.tail_ms: dict[str, float] = {}  # device tails, measured at start
         self.host_ms: dict[str, float] = {}  # the same, this host's real ORT time
         self._last_host_ms = 0.0
         self._min_s: dict[str, float] = {}
@@ -107,10 +115,14 @@ class EdgeRuntime:
             for cut in self.manifest.cuts:
                 macs = full_macs if cut.is_edge else cut.head_flops
                 self._min_s[cut.id] = macs / (emulate_gmacs * 1e9)
+                self._min_s[_tail_key(cut.id)] = cut.tail_flops / (emulate_gmacs * 1e9)
             self._min_s[EDGE_CUT] = full_macs / (emulate_gmacs * 1e9)
-        log.info("loaded %s v%s: %d heads + int8 full model, %d intra-op threads",
-                 self.manifest.name, self.manifest.version, len(self._sessions) - 1,
-                 intra_op_threads)
+        #: runs per model key (a cut id, ``edge`` or ``tail:<cut>``): what ran, for tests
+        #: and ``/status`` (a fallback that reran the head would show here)
+        self.runs: dict[str, int] = {}
+        log.info("loaded %s v%s: %d heads, %d device tails + int8 full model, %d intra-op "
+                 "threads", self.manifest.name, self.manifest.version,
+                 len(self._sessions) - 1, len(self._tails), intra_op_threads)
 
     def _session(self, path: Path) -> ort.InferenceSession:
         try:
@@ -147,7 +159,11 @@ class EdgeRuntime:
             want = _np_dtype(spec)
             if arr.dtype != want:
                 raise InvalidInput(f"input {name!r}: expected dtype {want}, got {arr.dtype}")
-            if arr.ndim != len(spec.shape) or tuple(arr.shape[1:]) != spec.sample_shape:
+            dynamic = set(spec.dynamic)  # e.g. a text model's sequence length
+            if arr.ndim != len(spec.shape) or any(
+                    g != w for i, (g, w) in enumerate(
+                        zip(arr.shape[1:], spec.sample_shape, strict=True), start=1)
+                    if i not in dynamic):
                 raise InvalidInput(f"input {name!r}: expected shape [batch, "
                                    f"{', '.join(map(str, spec.sample_shape))}], got "
                                    f"{list(arr.shape)}")
@@ -181,11 +197,17 @@ class EdgeRuntime:
 
     def _run(self, cut_id: str, inputs: Mapping[str, np.ndarray],
              report: bool = True) -> tuple[dict, float]:
-        sess = self._sessions[cut_id]
-        names = self._outputs[cut_id]
+        if cut_id.startswith(_TAIL):
+            sess = self._tails[cut_id.removeprefix(_TAIL)]
+            names = [t.name for t in self.manifest.outputs]
+        else:
+            sess = self._sessions[cut_id]
+            names = self._outputs[cut_id]
         batch = next(iter(inputs.values())).shape[0] if inputs else 1
         t0 = time.perf_counter()
         values = sess.run(names, dict(inputs))
+        with self._count_lock:
+            self.runs[cut_id] = self.runs.get(cut_id, 0) + 1
         self._last_host_ms = (time.perf_counter() - t0) * 1e3
         floor = self._min_s.get(cut_id, 0.0) * batch
         if floor:
@@ -214,6 +236,21 @@ class EdgeRuntime:
         """The whole model, int8, on the device: the ``edge`` path and the fallback."""
         return self._run(EDGE_CUT, inputs)
 
+    def has_tail(self, cut_id: str) -> bool:
+        """Whether ``cut_id`` ships a device tail (a fallback need not redo its head)."""
+        return cut_id in self._tails
+
+    def run_tail(self, cut_id: str, tensors: Mapping[str, np.ndarray]) \
+            -> tuple[dict[str, np.ndarray], float]:
+        """The rest of the model after ``cut_id``, int8, from its crossing tensors.
+
+        Returns:
+            (outputs by name, milliseconds)
+        """
+        if cut_id not in self._tails:
+            raise KeyError(f"no device tail for cut {cut_id!r}; tails: {sorted(self._tails)}")
+        return self._run(_tail_key(cut_id), tensors, report=False)
+
     def measure(self, warmup: int = 2, runs: int = 5) -> dict[str, float]:
         """Median batch-1 latency (ms) of every head and the full model on this device."""
         x = self.example_inputs(1)
@@ -228,7 +265,13 @@ class EdgeRuntime:
                 host.append(self._last_host_ms)
             result[cut_id] = statistics.median(times)
             self.host_ms[cut_id] = statistics.median(host)
+            if cut_id in self._tails:
+                acts = self._run(cut_id, x, report=False)[0]
+                self.tail_ms[cut_id] = statistics.median(
+                    self._run(_tail_key(cut_id), acts, report=False)[1] for _ in range(runs))
         self.head_ms = result
+        with self._count_lock:
+            self.runs.clear()  # from here on: what requests ran
         log.info("head latency on this device (ms, batch 1): %s",
                  ", ".join(f"{k}={v:.2f}" for k, v in result.items()))
         return result

@@ -29,3 +29,11 @@ class QuantizationError(PartitionError):
 
 class VerificationError(PartitionError):
     """head -> tail differs from the full model beyond tolerance."""
+
+
+class InputError(PartitionError):
+    """An input declaration or user data (calibration, evaluation) the model cannot take."""
+
+
+class AccuracyError(PartitionError):
+    """No head meets the accuracy floor, or the user's accuracy metric failed."""

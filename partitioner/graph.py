@@ -40,6 +40,7 @@ __all__ = [
     "NodeInfo",
     "TensorInfo",
     "analyze",
+    "block_boundaries",
     "candidate_cuts",
     "make_cut",
     "validate_cut",
@@ -70,6 +71,8 @@ class TensorInfo:
     consumers: tuple[int, ...]
     is_input: bool = False
     is_output: bool = False
+    dynamic: tuple[int, ...] = ()  # non-batch dims whose size follows a dynamic input dim
+    dim_names: tuple[tuple[int, str], ...] = ()  # symbolic name of each dynamic dim
 
     @property
     def sample_elements(self) -> int:
@@ -119,6 +122,9 @@ class GraphInfo:
     outputs: tuple[str, ...]
     live: tuple[tuple[str, ...], ...]
     opset: int
+    # Tensors that may cross although not float: masks and what is computed from masks
+    # alone (an attention mask reveals lengths, never content).
+    mask_tensors: frozenset[str] = frozenset()
 
     @property
     def compute_nodes(self) -> int:
@@ -258,8 +264,34 @@ def _macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]],
     return out_el
 
 
-def analyze(model: onnx.ModelProto) -> GraphInfo:
+def _probe_decls(model: onnx.ModelProto, inputs) -> list:
+    from partitioner.inputs import InputDecl, model_inputs
+
+    found = model_inputs(model)
+    if not inputs:
+        return found
+    given = {d.name: d for d in inputs if d.name}
+    out = []
+    for i, f in enumerate(found):
+        d = given.get(f.name) or (inputs[i] if i < len(inputs) else None)
+        if d is None:
+            out.append(f)
+            continue
+        dyn = dict(f.dynamic)
+        out.append(InputDecl(f.name, tuple(d.shape), f.dtype, tuple(dyn.items())))
+    return out
+
+
+def analyze(model: onnx.ModelProto, declared=None) -> GraphInfo:
     """Analyse a model with a dynamic batch dimension 0 on every input.
+
+    Args:
+        declared: :class:`partitioner.inputs.InputDecl` per input giving example sizes of
+            its dynamic dimensions (default: the model's own, 16 where symbolic).
+
+    The model runs at batch 1 with the example sizes and at batch 2 with every dynamic
+    dimension one shorter (longer when tiny): a tensor dimension that changes with them
+    is dynamic, and stays symbolic in heads and tails.
 
     Raises:
         GraphError: the model cannot run in ONNX Runtime, or its outputs do not follow
@@ -323,11 +355,17 @@ def analyze(model: onnx.ModelProto) -> GraphInfo:
                 name, helper.np_dtype_to_tensor_dtype(np.dtype(dtypes[name])), None))
             exposed.append(name)
     measured: list[dict[str, tuple[int, ...]]] = []
-    in_specs = ortutil.input_specs(model)
+    from partitioner.inputs import InputDecl, example_feeds
+
+    decls = _probe_decls(model, declared)
+    varied = [InputDecl(d.name, tuple(s - 1 if (i in d.dynamic_axes and s > 2) else
+                                      s + 1 if i in d.dynamic_axes else s
+                                      for i, s in enumerate(d.shape)), d.dtype, d.dynamic)
+              for d in decls]
     try:
         sess = ortutil.session(probe, optimize=False)
-        for batch in (1, 2):
-            feeds = ortutil.random_feeds(in_specs, batch, seed=batch)
+        for batch, ds in ((1, decls), (2, varied)):
+            feeds = example_feeds(ds, batch, seed=batch)
             vals = sess.run(exposed, feeds)
             shapes = {k: tuple(v.shape) for k, v in feeds.items()}
             shapes.update({k: tuple(np.asarray(v).shape) for k, v in zip(exposed, vals,
@@ -370,23 +408,54 @@ def analyze(model: onnx.ModelProto) -> GraphInfo:
                               outputs=tuple(outs), macs=_macs(n, b1, weights),
                               constant=pos in const_nodes))
     tensors: dict[str, TensorInfo] = {}
+    dyn_sizes = {(d.shape[a], v.shape[a]): sym for d, v in zip(decls, varied, strict=True)
+                 for a, sym in d.dynamic}
     for name in [*inputs, *producer]:
         s1, s2 = b1.get(name), b2.get(name)
+        dynamic: tuple[int, ...] = ()
+        dim_names: tuple[tuple[int, str], ...] = ()
         if s1 is None:
             shape, batch_major = (), False
         else:
             batch_major = (s2 is not None and len(s1) == len(s2) and len(s1) > 0
-                           and s1[0] == 1 and s2[0] == 2 and s1[1:] == s2[1:])
+                           and s1[0] == 1 and s2[0] == 2)
+            if batch_major:
+                dynamic = tuple(i for i in range(1, len(s1)) if s1[i] != s2[i])
+                dim_names = tuple((i, dyn_sizes.get((s1[i], s2[i]), f"dyn{s1[i]}_{s2[i]}"))
+                                  for i in dynamic)
+                if dynamic and not dyn_sizes:
+                    batch_major = False  # sizes vary although no input dimension did
             shape = (-1, *s1[1:]) if batch_major else s1
         tensors[name] = TensorInfo(
             name=name, dtype=dtypes.get(name, "unknown"), shape=tuple(int(d) for d in shape),
             batch_major=batch_major, producer=producer.get(name),
             consumers=tuple(consumers.get(name, ())), is_input=name in inputs,
-            is_output=name in outputs)
+            is_output=name in outputs, dynamic=dynamic if batch_major else (),
+            dim_names=dim_names if batch_major else ())
 
     info = GraphInfo(model=model, nodes=tuple(nodes), tensors=tensors, inputs=inputs,
-                     outputs=outputs, live=(), opset=_opset(model))
+                     outputs=outputs, live=(), opset=_opset(model),
+                     mask_tensors=_mask_tensors(nodes, tensors, inputs))
     return dataclasses.replace(info, live=_live_sets(info))
+
+
+def _mask_tensors(nodes: Sequence[NodeInfo], tensors: dict[str, TensorInfo],
+                  inputs: Sequence[str]) -> frozenset[str]:
+    """Mask inputs (integer/bool inputs named ``*mask*``) and tensors computed from them
+    alone."""
+    masks = {n for n in inputs if "mask" in n.lower()
+             and not tensors[n].dtype.startswith("float")}
+    if not masks:
+        return frozenset()
+    shapes: set[str] = set()  # sizes only (Shape/Size outputs and what follows from them)
+    for node in nodes:
+        if not node.inputs:
+            continue
+        if node.op_type in ("Shape", "Size") or all(x in shapes for x in node.inputs):
+            shapes.update(node.outputs)
+        elif all(x in masks or x in shapes for x in node.inputs):
+            masks.update(node.outputs)
+    return frozenset(masks)
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -496,9 +565,62 @@ def edge_cut(info: GraphInfo) -> Cut:
 
 
 def _crossable(info: GraphInfo, names: Sequence[str]) -> bool:
-    return bool(names) and all(
-        info.tensors[n].batch_major and info.tensors[n].dtype.startswith("float")
-        and not info.tensors[n].is_input for n in names)
+    """Every crossing tensor follows the batch, and is a float activation or a mask; no raw
+    input crosses except a mask (a text model's pooling reads it at the very end)."""
+    return bool(names) and any(n not in info.mask_tensors for n in names) and all(
+        info.tensors[n].batch_major and info.tensors[n].dtype != "unknown"
+        and (n in info.mask_tensors
+             or (info.tensors[n].dtype.startswith("float") and not info.tensors[n].is_input))
+        for n in names)
+
+
+_CONSTANT_WIDTH = 1.25  # block ends this close in bytes form a transformer-like stack
+_MIN_BLOCK_NODES = 4  # a single Conv or Linear is a layer, not a block
+_MIN_BLOCKS = 3
+_INDEXED = re.compile(r"^(.*?)(\d+)$")
+
+
+def block_boundaries(info: GraphInfo) -> list[int]:
+    """Prefix positions right after each block of the model's longest stack of numbered
+    modules (a transformer's ``layer.0 .. layer.11``, a CNN's stages), where a clean cut
+    exists.
+
+    Exported node names carry the module path (``/encoder/layer.3/attention/...``); the
+    parent path with the most distinct indices is the stack. After block ``i`` ends, the
+    first position whose live set can cross (before block ``i+1`` ends) is its boundary.
+    """
+    children: dict[str, dict[int, list[int]]] = {}
+    for node in info.nodes:
+        if node.constant:
+            continue
+        parts = node.name.split("/")
+        for depth in range(1, len(parts) - 1):
+            m = _INDEXED.match(parts[depth])
+            if not m:
+                continue
+            parent = "/".join(parts[:depth]) + "/" + m.group(1)
+            children.setdefault(parent, {}).setdefault(int(m.group(2)), []).append(node.index)
+    if not children:
+        return []
+    stacks = {k: {i: v for i, v in kids.items() if len(v) >= _MIN_BLOCK_NODES}
+              for k, kids in children.items()}
+    parent, blocks = max(stacks.items(), key=lambda kv: (len(kv[1]), -len(kv[0])))
+    if len(blocks) < _MIN_BLOCKS:
+        return []
+    order = sorted(blocks)
+    out: list[int] = []
+    n = len(info.nodes)
+    for i, idx in enumerate(order):
+        start = max(blocks[idx]) + 1
+        stop = max(blocks[order[i + 1]]) if i + 1 < len(order) else n
+        for p in range(start, min(stop, n)):
+            if _crossable(info, info.live[p]):
+                head = _ancestors(info, info.live[p])
+                if info.crossing(head) == info.live[p]:
+                    out.append(p)
+                break
+    log.debug("block boundaries of %s: %s", parent, out)
+    return out
 
 
 def _select(info: GraphInfo, frontier: list[int], budget: int) -> list[int]:
@@ -526,10 +648,12 @@ def candidate_cuts(info: GraphInfo, max_cuts: int = 6, min_depth: int = 0) -> li
     (depth, bytes) is kept: a deeper cut is useful only if it sends no more bytes than
     every shallower one (ties are kept: between transformer layers the residual stream
     is the same size, yet each boundary is a different edge/cloud compute split).
-    From the frontier, the shallowest cut of each distinct byte size is taken, smallest
-    sizes first; any budget left goes to the remaining points farthest in depth from
-    those already chosen, so shallow (little edge compute) to deep (few bytes) splits
-    are covered.
+    When the model is a stack of constant-width blocks (a transformer's encoder layers,
+    see :func:`block_boundaries`), the boundaries after its blocks come first, spread
+    evenly over the depth. From the frontier, the shallowest cut of each distinct byte
+    size is taken, smallest sizes first; any budget left goes to the remaining points
+    farthest in depth from those already chosen, so shallow (little edge compute) to deep
+    (few bytes) splits are covered.
 
     Args:
         max_cuts: total number of cuts including "cloud" and "edge" (at least 2).
@@ -561,7 +685,18 @@ def candidate_cuts(info: GraphInfo, max_cuts: int = 6, min_depth: int = 0) -> li
                 frontier.append(p)
             best = b
     with_cloud = min_depth == 0
-    chosen = _select(info, frontier, max_cuts - 1 - int(with_cloud))
+    budget = max_cuts - 1 - int(with_cloud)
+    blocks = [p for p in block_boundaries(info) if p < n and not (
+        min_depth and len(_ancestors(info, info.live[p])) < min_depth)]
+    sizes = [info.bytes_of(info.live[p]) for p in blocks]
+    if sizes and max(sizes) > _CONSTANT_WIDTH * max(min(sizes), 1):
+        blocks = []  # shrinking stages (a CNN): the byte ranking already finds their ends
+    if len(blocks) > budget:  # evenly spread, always keeping the deepest boundary
+        picks = np.linspace(len(blocks) - 1, 0, budget) if budget > 1 else [len(blocks) - 1]
+        blocks = sorted({blocks[round(float(i))] for i in picks})
+    rest = [p for p in frontier if p not in blocks]
+    chosen = sorted([*blocks, *_select(info, rest, budget - len(blocks))]) if budget > len(
+        blocks) else blocks
     cuts = [cloud_cut(info)] if with_cloud else []
     seen: set[tuple[str, ...]] = set()
     for p in chosen:

@@ -23,7 +23,8 @@ import numpy as np
 import onnx
 
 from partitioner import zoo
-from partitioner.errors import ExportError, GraphError, UnknownModel
+from partitioner.errors import ExportError, GraphError, InputError, UnknownModel
+from partitioner.inputs import InputDecl, example_feeds, model_inputs, parse_input, vocab_sizes
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class Loaded:
         examples: ``(batch, seed) -> {input name: array}`` representative inputs, or None
             (then random inputs are drawn from the input specs).
         heldout: ``(inputs, labels)`` for accuracy on real data, or None.
+        inputs: the model's input declarations (example shapes, dtypes, dynamic dims).
+        vocab: integer inputs that index an embedding table -> its number of rows.
     """
 
     model: onnx.ModelProto
@@ -51,6 +54,12 @@ class Loaded:
     task: str
     examples: Callable[[int, int], dict[str, np.ndarray]] | None = None
     heldout: tuple[dict[str, np.ndarray], np.ndarray] | None = None
+    inputs: tuple[InputDecl, ...] = ()
+    vocab: dict[str, int] | None = None
+
+    def random(self, batch: int, seed: int) -> dict[str, np.ndarray]:
+        """Inputs the model accepts (see :func:`partitioner.inputs.example_feeds`)."""
+        return example_feeds(self.inputs, batch, seed, self.vocab)
 
 
 def _first_line(e: BaseException) -> str:
@@ -58,46 +67,69 @@ def _first_line(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:300]
 
 
-def load(model: Any, input_shapes: Sequence[Sequence[int]] | None, *,
+def as_decls(inputs: Sequence[Any] | None) -> list[InputDecl] | None:
+    """Normalise shapes, ``NAME:SHAPE:DTYPE`` strings and :class:`InputDecl` objects."""
+    if not inputs:
+        return None
+    out = []
+    for x in inputs:
+        if isinstance(x, InputDecl):
+            out.append(x)
+        elif isinstance(x, str):
+            out.append(parse_input(x))
+        else:
+            dims = tuple(int(d) for d in x)
+            if len(dims) == 0 or min(dims) <= 0:
+                raise ValueError(f"input shapes must be positive and include the batch dim: "
+                                 f"{[tuple(s) for s in inputs]}")
+            out.append(InputDecl(None, dims))
+    return out
+
+
+def load(model: Any, inputs: Sequence[Any] | None, *,
          name: str | None = None, task: str | None = None) -> Loaded:
     """Resolve ``model`` to ONNX.
+
+    Args:
+        inputs: per model input a shape (float32, batch first), a ``NAME:SHAPE:DTYPE``
+            string or an :class:`InputDecl`; None for zoo and ONNX models.
 
     Raises:
         UnknownModel: unknown zoo name, unimportable callable, missing or non-ONNX file.
         ExportError: forward or export failed (advice in the message).
-        GraphError: input shapes do not match an ONNX model's inputs.
+        GraphError / InputError: inputs that do not match an ONNX model's inputs.
     """
-    shapes = [tuple(int(d) for d in s) for s in input_shapes] if input_shapes else None
-    if shapes is not None and any(len(s) == 0 or min(s) <= 0 for s in shapes):
-        raise ValueError(f"input shapes must be positive and include the batch dim: {shapes}")
+    decls = as_decls(inputs)
     if isinstance(model, str) and model.startswith("zoo:"):
-        return _load_zoo(model[4:], shapes, name, task)
+        return _load_zoo(model[4:], decls, name, task)
     if isinstance(model, (str, Path)) and (str(model).endswith(".onnx") or Path(model).is_file()):
-        return _load_onnx(Path(model), shapes, name, task)
+        return _load_onnx(Path(model), decls, name, task)
     if isinstance(model, str):
         module = _import_callable(model)
-        return _from_module(module, shapes, model, name or model.split(":")[-1], task)
+        return _from_module(module, decls, model, name or model.split(":")[-1], task)
     try:
         import torch
     except ImportError as e:  # pragma: no cover - partition extra always has torch
         raise UnknownModel("a model object needs torch (pip install tiersplit[partition])") from e
     if isinstance(model, torch.nn.Module):
-        return _from_module(model, shapes, type(model).__name__, name or type(model).__name__,
+        return _from_module(model, decls, type(model).__name__, name or type(model).__name__,
                             task)
     raise UnknownModel(f"cannot partition a {type(model).__name__}: pass 'zoo:<name>', a path "
                        "to an .onnx file, 'package.module:callable' or a torch.nn.Module")
 
 
-def _load_zoo(zname: str, shapes, name, task) -> Loaded:
+def _load_zoo(zname: str, decls: list[InputDecl] | None, name, task) -> Loaded:
     zm = zoo.get(zname)
-    if shapes is not None and (len(shapes) != len(zm.input_shapes) or any(
-            tuple(a[1:]) != tuple(b[1:]) for a, b in zip(shapes, zm.input_shapes, strict=False))):
+    if decls is not None and (len(decls) != len(zm.input_shapes) or any(
+            tuple(a.shape[1:]) != tuple(b[1:])
+            for a, b in zip(decls, zm.input_shapes, strict=False))):
         want = " ".join("--input-shape " + ",".join(map(str, s)) for s in zm.input_shapes)
-        raise GraphError(f"wrong input shape for zoo:{zname}: got {shapes}, the model takes "
+        raise GraphError(f"wrong input shape for zoo:{zname}: got "
+                         f"{[d.shape for d in decls]}, the model takes "
                          f"{zm.input_shapes} (use {want})")
     module = zm.build()
-    loaded = _from_module(module, zm.input_shapes, f"zoo:{zname}", name or zname,
-                          task or zm.task, input_names=zm.input_names)
+    loaded = _from_module(module, zm.decls(), f"zoo:{zname}", name or zname,
+                          task or zm.task)
 
     def examples(batch: int, seed: int) -> dict[str, np.ndarray]:
         return dict(zip(zm.input_names, zm.example_inputs(batch, seed), strict=True))
@@ -107,7 +139,8 @@ def _load_zoo(zname: str, shapes, name, task) -> Loaded:
         x, y = zm.heldout()
         heldout = ({zm.input_names[0]: x}, y)
     return Loaded(model=loaded.model, source=loaded.source, name=loaded.name,
-                  task=loaded.task, examples=examples, heldout=heldout)
+                  task=loaded.task, examples=examples, heldout=heldout, inputs=loaded.inputs,
+                  vocab=loaded.vocab)
 
 
 def _import_callable(ref: str) -> Any:
@@ -143,13 +176,16 @@ def _import_callable(ref: str) -> Any:
     return obj
 
 
-def _from_module(module: Any, shapes, source: str, name: str, task: str | None,
-                 input_names: Sequence[str] | None = None) -> Loaded:
-    if not shapes:
+def _from_module(module: Any, decls: list[InputDecl] | None, source: str, name: str,
+                 task: str | None) -> Loaded:
+    if not decls:
         raise ValueError(f"{source} is a torch model: give its example input shapes "
-                         "(--input-shape 1,3,64,64, once per input)")
-    model = export(module, shapes, input_names=input_names)
-    return Loaded(model=model, source=source, name=name, task=task or "other")
+                         "(--input-shape 1,3,64,64, or --input input_ids:1,seq=128:int64, "
+                         "once per input)")
+    model, decls = _export(module, decls)
+    vocab = vocab_sizes(model)
+    return Loaded(model=model, source=source, name=name, task=task or "other",
+                  inputs=tuple(decls), vocab=vocab)
 
 
 class _SkipLegacy(Exception):
@@ -167,39 +203,58 @@ def _forward_names(module: Any, n: int) -> list[str]:
     return ["input"] if n == 1 else [f"input{i}" for i in range(n)]
 
 
-def export(module: Any, shapes: Sequence[Sequence[int]],
+def export(module: Any, inputs: Sequence[Any],
            input_names: Sequence[str] | None = None, *,
            exporter: str = "auto") -> onnx.ModelProto:
-    """Export an ``nn.Module`` to ONNX (opset >= 17, dynamic batch dim 0).
+    """Export an ``nn.Module`` to ONNX (opset >= 17, dynamic batch dim 0, and the
+    declared dynamic dimensions).
 
     Args:
+        inputs: per model input a shape (float32) or an :class:`InputDecl` (any dtype).
         exporter: "auto" (TorchScript exporter, then dynamo if that fails),
             "torchscript" or "dynamo".
 
     Raises:
-        ExportError: the forward pass fails on the given shapes, or the exporter(s) fail.
+        ExportError: the forward pass fails on the given inputs, or the exporter(s) fail.
     """
+    decls = as_decls(inputs) or []
+    if input_names:
+        decls = [InputDecl(n, d.shape, d.dtype, d.dynamic)
+                 for n, d in zip(input_names, decls, strict=True)]
+    return _export(module, decls, exporter)[0]
+
+
+def _export(module: Any, decls: list[InputDecl], exporter: str = "auto",
+            ) -> tuple[onnx.ModelProto, list[InputDecl]]:
     if exporter not in ("auto", "torchscript", "dynamo"):
         raise ValueError(f"exporter must be auto, torchscript or dynamo, not {exporter!r}")
     import torch
 
     module.eval()
-    g = torch.Generator().manual_seed(0)
-    args = tuple(torch.randn(*s, generator=g) for s in shapes)
+    if any(d.name is None for d in decls):
+        names = _forward_names(module, len(decls))
+        decls = [d if d.name else InputDecl(n, d.shape, d.dtype, d.dynamic)
+                 for n, d in zip(names, decls, strict=True)]
+    feeds = example_feeds(decls, decls[0].shape[0] if decls else 1, seed=0)
+    args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[d.name or ""])) for d in decls)
+    described = ", ".join(f"{d.name} {d.dtype}{tuple(d.shape)}" for d in decls)
     try:
         with torch.no_grad():
             out = module(*args)
     except Exception as e:
-        raise ExportError(f"the model's forward failed on inputs of shape "
-                          f"{[tuple(s) for s in shapes]}: {type(e).__name__}: {_first_line(e)} — "
-                          "check --input-shape (one per model input, batch first)") from e
+        raise ExportError(f"the model's forward failed on inputs {described}: "
+                          f"{type(e).__name__}: {_first_line(e)} — check --input-shape / "
+                          "--input NAME:SHAPE:DTYPE (one per model input, batch first; token "
+                          "ids are int64)") from e
     outs = out if isinstance(out, (tuple, list)) else [out]
     if not outs or not all(isinstance(o, torch.Tensor) for o in outs):
         raise ExportError("the model must return a tensor or a tuple/list of tensors, got "
                           f"{type(out).__name__}")
-    in_names = list(input_names) if input_names else _forward_names(module, len(args))
+    in_names = [d.name or "" for d in decls]
     out_names = ["output"] if len(outs) == 1 else [f"output{i}" for i in range(len(outs))]
-    dyn = {n: {0: BATCH_PARAM} for n in [*in_names, *out_names]}
+    dyn: dict[str, dict[int, str]] = {d.name or "": {0: BATCH_PARAM, **d.dynamic_axes}
+                                      for d in decls}
+    dyn.update({n: {0: BATCH_PARAM} for n in out_names})
     buf = io.BytesIO()
     try:
         if exporter == "dynamo":
@@ -209,7 +264,7 @@ def export(module: Any, shapes: Sequence[Sequence[int]],
             torch.onnx.export(module, args, buf, dynamo=False, opset_version=OPSET,
                               input_names=in_names, output_names=out_names,
                               dynamic_axes=dyn, do_constant_folding=True)
-        return onnx.load_from_string(buf.getvalue())
+        return onnx.load_from_string(buf.getvalue()), decls
     except Exception as legacy_error:
         if exporter == "torchscript":
             raise ExportError(f"ONNX export failed: {type(legacy_error).__name__}: "
@@ -220,13 +275,20 @@ def export(module: Any, shapes: Sequence[Sequence[int]],
                      _first_line(legacy_error))
         try:
             batch = torch.export.Dim(BATCH_PARAM, min=1)
+            syms: dict[str, Any] = {}
+            shapes = []
+            for d in decls:
+                spec: dict[int, Any] = {0: batch}
+                for axis, sym in d.dynamic:
+                    spec[axis] = syms.setdefault(sym, torch.export.Dim(sym, min=2))
+                shapes.append(spec)
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 prog = torch.onnx.export(
                     module, args, dynamo=True, opset_version=max(OPSET, 18),
                     input_names=in_names, output_names=out_names,
-                    dynamic_shapes=tuple({0: batch} for _ in args), verbose=False)
-            return prog.model_proto
+                    dynamic_shapes=tuple(shapes), verbose=False)
+            return prog.model_proto, decls
         except Exception as e:
             raise ExportError(
                 f"ONNX export failed: {type(e).__name__}: {_first_line(e)} — try a dynamic "
@@ -235,7 +297,7 @@ def export(module: Any, shapes: Sequence[Sequence[int]],
                 "file") from e
 
 
-def _load_onnx(path: Path, shapes, name, task) -> Loaded:
+def _load_onnx(path: Path, decls: list[InputDecl] | None, name, task) -> Loaded:
     if not path.is_file():
         raise UnknownModel(f"no such model file: {path}")
     try:
@@ -256,27 +318,33 @@ def _load_onnx(path: Path, shapes, name, task) -> Loaded:
                              f"conversion failed: {_first_line(e)} — re-export at opset 17") from e
     weights = {i.name for i in model.graph.initializer}
     real = [vi for vi in model.graph.input if vi.name not in weights]
-    if shapes is not None:
-        if len(shapes) != len(real):
+    sizes: dict[str, tuple[int, ...]] = {}
+    if decls is not None:
+        if len(decls) != len(real):
             raise GraphError(f"wrong input shape: {path.name} has {len(real)} inputs "
-                             f"({', '.join(v.name for v in real)}), got {len(shapes)} shapes")
-        for vi, s in zip(real, shapes, strict=True):
+                             f"({', '.join(v.name for v in real)}), got {len(decls)} shapes")
+        for vi, d in zip(real, decls, strict=True):
+            if d.name is not None and d.name != vi.name:
+                raise InputError(f"{path.name} has no input {d.name!r} at that position "
+                                 f"(inputs: {', '.join(v.name for v in real)})")
             dims = vi.type.tensor_type.shape.dim
             model_dims = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+            s = d.shape
             if len(model_dims) != len(s) or any(
                     m is not None and m != g for m, g in zip(model_dims[1:], s[1:], strict=True)):
                 raise GraphError(f"wrong input shape for {vi.name!r}: got {tuple(s)}, the model "
                                  f"takes {tuple(d if d is not None else -1 for d in model_dims)}")
+            sizes[vi.name] = tuple(s)
     for vi in [*real, *model.graph.output]:  # make dim 0 the dynamic batch
         dims = vi.type.tensor_type.shape.dim
         if len(dims):
             dims[0].Clear()
             dims[0].dim_param = BATCH_PARAM
-    if shapes is not None:  # symbolic non-batch dims take the given sizes
-        for vi, s in zip(real, shapes, strict=True):
-            for d, size in zip(list(vi.type.tensor_type.shape.dim)[1:], s[1:], strict=True):
-                if not d.HasField("dim_value"):
-                    d.Clear()
-                    d.dim_value = int(size)
     del model.graph.value_info[:]  # stale batch-1 shapes would contradict the dynamic batch
-    return Loaded(model=model, source=path.name, name=name or path.stem, task=task or "other")
+    found = model_inputs(model, sizes)
+    if decls is not None:  # a declared dtype must be the model's
+        for d, f in zip(decls, found, strict=True):
+            if isinstance(d, InputDecl) and d.dtype != "float32" and d.dtype != f.dtype:
+                raise InputError(f"input {f.name!r} of {path.name} is {f.dtype}, not {d.dtype}")
+    return Loaded(model=model, source=path.name, name=name or path.stem, task=task or "other",
+                  inputs=tuple(found), vocab=vocab_sizes(model))

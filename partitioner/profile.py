@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from contract.bundle import Bundle, CutSpec
+from contract.deadline import Deadline
 from placement import (
     CloudProfile,
     CutProfile,
@@ -71,13 +72,18 @@ def session(path: Path, threads: int = 1, providers: Sequence[str] | None = None
     return ort.InferenceSession(str(path), so, providers=prov)
 
 
-def session_feeds(sess: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+def session_feeds(sess: Any, batch: int, seed: int = 0,
+                  specs: Sequence[Any] = ()) -> dict[str, np.ndarray]:
+    """Random inputs for ``sess``. Dimension 0 is the batch (cut tensors are batch-major by
+    construction); other symbolic dimensions (a text model's sequence length) take their
+    size in the manifest's matching ``TensorSpec`` from ``specs``, else 1."""
     rng = np.random.default_rng(seed)
+    sizes = {s.name: list(s.shape) for s in specs}
     out = {}
     for i in sess.get_inputs():
-        # Dimension 0 is the batch (cut tensors are batch-major by construction); other
-        # symbolic dimensions get 1.
-        shape = [batch if j == 0 else (d if isinstance(d, int) and d > 0 else 1)
+        known = sizes.get(i.name, [])
+        shape = [batch if j == 0 else (d if isinstance(d, int) and d > 0 else
+                                       (known[j] if j < len(known) and known[j] > 0 else 1))
                  for j, d in enumerate(i.shape)]
         t = i.type
         if "float16" in t:
@@ -171,7 +177,8 @@ def _codec_costs(tensors: Mapping[str, np.ndarray], codecs: Iterable[str], runs:
     from transport.messages import Request
 
     nbytes, enc, dec = {}, {}, {}
-    req = Request("p", "profile", "m", "1", "0" * 64, "k", time.time() + 60, dict(tensors))
+    req = Request("p", "profile", "m", "1", "0" * 64, "k", Deadline.after_ms(60_000),
+                  dict(tensors))
     for codec in codecs:
         try:
             frames = wire.encode(req, codec)
@@ -209,7 +216,7 @@ def profile_edge(bundle: Bundle, *, threads: int = 1, runs: int = 30, warmup: in
     todo = [c for c in m.cuts if wanted is None or c.id in wanted]
     out: dict[str, dict[str, Any]] = {}
     full = session(bundle.file(m.full_int8), threads)
-    inputs = session_feeds(full, 1)
+    inputs = session_feeds(full, 1, specs=m.inputs)
     reply_bytes = sum(int(np.asarray(o).nbytes) for o in full.run(None, inputs))
     with _progress(progress, len(todo), f"edge {m.name}") as bar:
         for c in todo:
@@ -275,7 +282,8 @@ def profile_cloud(bundle: Bundle, *, batches: Sequence[int] = DEFAULT_BATCHES,
             tail: dict[int, float] = {}
             p90s: dict[int, float] = {}
             for b in batches:
-                batch_feeds = session_feeds(sess, b, seed=b)
+                batch_feeds = session_feeds(sess, b, seed=b,
+                                            specs=m.inputs if c.is_cloud else c.tensors)
                 tail[b], p90s[b] = _time(lambda s=sess, f=batch_feeds: s.run(None, f), runs,
                                          warmup)
                 _advance(bar, f"{c.id} b{b}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,11 +133,13 @@ def quantized_op_count(model: onnx.ModelProto) -> int:
 
 
 def quantize(model: onnx.ModelProto, calib: CalibrationSet, config: QuantConfig = QuantConfig(),
-             *, what: str = "model", require_quantized: bool = True) -> onnx.ModelProto:
+             *, what: str = "model", require_quantized: bool = True,
+             nodes_to_exclude: Sequence[str] = ()) -> onnx.ModelProto:
     """Static int8 QDQ quantization of ``model`` calibrated on ``calib``.
 
     Args:
         what: for messages ("head k3", "full model").
+        nodes_to_exclude: node names left in float (the accuracy fallback).
         require_quantized: raise if no op could be quantized (an "int8" file that is
             really fp32 would mislead the edge's latency and memory budget).
 
@@ -167,13 +170,17 @@ def quantize(model: onnx.ModelProto, calib: CalibrationSet, config: QuantConfig 
         demote = _DemoteRootRecords()
         logging.getLogger().addFilter(demote)
         try:
-            quantize_static(
-                str(src), str(dst), calib.reader(names, config.batch),
-                quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
-                reduce_range=config.reduce_range, activation_type=act, weight_type=wt,
-                calibrate_method=method,
-                extra_options={"CalibTensorRangeSymmetric": False},
-            )
+            with warnings.catch_warnings():
+                # all-zero ranges (a mask's padding, a dead channel) divide by a zero scale
+                # inside ORT's calibrator; it recovers, the warning only alarms.
+                warnings.simplefilter("ignore", RuntimeWarning)
+                quantize_static(
+                    str(src), str(dst), calib.reader(names, config.batch),
+                    quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
+                    reduce_range=config.reduce_range, activation_type=act, weight_type=wt,
+                    calibrate_method=method, nodes_to_exclude=list(nodes_to_exclude),
+                    extra_options={"CalibTensorRangeSymmetric": False},
+                )
             out = onnx.load(str(dst))
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]

@@ -34,7 +34,9 @@ def _value_info(info: GraphInfo, name: str) -> onnx.ValueInfoProto:
     t = info.tensors[name]
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
     if t.batch_major:
-        shape: list[int | str] = [BATCH_PARAM, *t.shape[1:]]
+        names = dict(t.dim_names)
+        shape: list[int | str] = [BATCH_PARAM, *(names.get(i, d) for i, d in
+                                                 enumerate(t.shape) if i > 0)]
     else:
         shape = list(t.shape)
     return helper.make_tensor_value_info(name, elem, shape)

@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from partitioner import real_models
 from partitioner.errors import UnknownModel
+from partitioner.inputs import InputDecl, example_feeds
 
 if TYPE_CHECKING:
     import torch
@@ -58,6 +60,10 @@ class ZooModel:
         input_names: ONNX input names used when exporting.
         task: ``"classification"`` (top-1 agreement is reported) or ``"other"``.
         description: one line for listings.
+        input_dtypes: per input dtype (default float32 for all).
+        dynamic: per input, the non-batch dims that vary per request ``((axis, name),)``.
+        vocab: rows of the token embedding table, for inputs named ``*ids``.
+        size: "small" (tests run it) or "real" (real-size network: bench and users).
     """
 
     name: str
@@ -67,6 +73,18 @@ class ZooModel:
     description: str
     _factory: Callable[[], Any] = field(repr=False)
     _examples: Callable[[int, int], list[np.ndarray]] | None = field(default=None, repr=False)
+    input_dtypes: tuple[str, ...] = ()
+    dynamic: tuple[tuple[tuple[int, str], ...], ...] = ()
+    vocab: int | None = None
+    size: str = "small"
+
+    def decls(self) -> list[InputDecl]:
+        """The input declarations (names, example shapes, dtypes, dynamic dims)."""
+        return [InputDecl(n, tuple(s),
+                          self.input_dtypes[i] if self.input_dtypes else "float32",
+                          self.dynamic[i] if self.dynamic else ())
+                for i, (n, s) in enumerate(zip(self.input_names, self.input_shapes,
+                                               strict=True))]
 
     def build(self) -> torch.nn.Module:
         """The model in eval mode (deterministic weights; digits_cnn is trained once)."""
@@ -75,9 +93,14 @@ class ZooModel:
         return model
 
     def example_inputs(self, batch: int, seed: int = 0) -> list[np.ndarray]:
-        """Representative float32 inputs of batch ``batch`` (real digits for digits_cnn)."""
+        """Representative inputs of batch ``batch`` (real digits for digits_cnn; token ids
+        within the vocabulary and 0/1 masks for text models)."""
         if self._examples is not None:
             return self._examples(batch, seed)
+        if self.input_dtypes:
+            vocab = {n: self.vocab for n in self.input_names if self.vocab and "ids" in n}
+            feeds = example_feeds(self.decls(), batch, seed, vocab)
+            return [feeds[n] for n in self.input_names]
         rng = np.random.default_rng(seed)
         return [rng.standard_normal((batch, *s[1:])).astype(np.float32)
                 for s in self.input_shapes]
@@ -212,7 +235,7 @@ def _resnet_like() -> torch.nn.Module:
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
     )
     _randomize_bn(net)
-    return net
+    return real_models.settle(net, (1, 3, 64, 64), 1)
 
 
 def _randomize_bn(net: torch.nn.Module) -> None:
@@ -267,7 +290,7 @@ def _mobilenet_like() -> torch.nn.Module:
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10),
     )
     _randomize_bn(net)
-    return net
+    return real_models.settle(net, (1, 3, 64, 64), 3)
 
 
 # --------------------------------------------------------------------------- transformer
@@ -312,7 +335,7 @@ def _transformer_encoder() -> torch.nn.Module:
             return self.head(self.ln(x).mean(dim=1))
 
     torch.manual_seed(4)
-    return Encoder()
+    return real_models.settle(Encoder(), (1, _SEQ, _DIM), 4)
 
 
 _REGISTRY: dict[str, ZooModel] = {
@@ -329,13 +352,33 @@ _REGISTRY: dict[str, ZooModel] = {
         ZooModel("transformer_encoder", [(1, _SEQ, _DIM)], ["embeddings"], "classification",
                  "2-layer pre-norm transformer encoder on float token embeddings",
                  _transformer_encoder),
+        ZooModel("resnet50", [(1, 3, 224, 224)], ["image"], "classification",
+                 "ResNet-50 at 224 px (bottleneck blocks 3-4-6-3, 25.6M params, random "
+                 "weights)", real_models.resnet50, size="real"),
+        ZooModel("mobilenet_v2", [(1, 3, 224, 224)], ["image"], "classification",
+                 "MobileNetV2 at 224 px (3.5M params, random weights)", real_models.mobilenet_v2,
+                 size="real"),
+        ZooModel("bert_base", [(1, 128), (1, 128)], ["input_ids", "attention_mask"], "other",
+                 "BERT-base-like encoder: 12 layers, 768 wide, int64 ids + mask, dynamic "
+                 "sequence length, mean-pooled embedding (random weights)",
+                 real_models.bert_base, input_dtypes=("int64", "int64"),
+                 dynamic=(((1, "seq"),), ((1, "seq"),)), vocab=real_models.BERT_VOCAB,
+                 size="real"),
+        ZooModel("bert_tiny", [(1, 32), (1, 32)], ["input_ids", "attention_mask"], "other",
+                 "BERT-like encoder, 2 layers, 64 wide: int64 ids + mask, dynamic sequence "
+                 "length (random weights)", real_models.bert_tiny,
+                 input_dtypes=("int64", "int64"), dynamic=(((1, "seq"),), ((1, "seq"),)),
+                 vocab=real_models.TINY_VOCAB),
+        ZooModel("detector", [(1, 3, 256, 256)], ["image"], "other",
+                 "small single-shot detector: boxes, scores and objectness outputs at two "
+                 "scales (random weights)", real_models.detector, size="real"),
     ]
 }
 
 
-def names() -> list[str]:
-    """Registered zoo model names."""
-    return list(_REGISTRY)
+def names(size: str | None = None) -> list[str]:
+    """Registered zoo model names (only those of ``size`` "small"/"real" when given)."""
+    return [n for n, m in _REGISTRY.items() if size is None or m.size == size]
 
 
 def get(name: str) -> ZooModel:

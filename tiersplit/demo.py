@@ -4,9 +4,11 @@ Partitions a zoo model into a signed bundle (cached), generates fresh keys, star
 core and several edge agents as real processes on loopback over encrypted ZeroMQ (or
 MQTT), puts each agent behind the link emulator with its own profile, drives requests
 through each agent's KServe v2 API, and shows a live table. Midway one agent's bandwidth
-collapses (the cut moves), then the cloud core is killed (requests finish locally, none
-lost). Ends with a summary whose accounting a test checks, and removes every process it
-started.
+collapses (the cut moves within a few requests), then the cloud core is killed (requests
+finish locally, none lost). One agent runs the device cascade (its int8 model answers
+the inputs it is sure of alone, at a threshold tuned for 99% agreement with the fp32
+model). Ends with a summary whose accounting a test checks, and removes every process
+it started.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import Any
 
 import numpy as np
 import yaml
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 
@@ -33,7 +36,8 @@ from tiersplit.devtools.services import Service, tiersplit_cmd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DemoOptions", "run_demo"]
+__all__ = ["DemoOptions", "agent_row", "cascade_line", "requests_to_move", "route", "run_demo",
+           "summary_lines", "tune_cascade"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 COMPARE = ("edge", "cloud")  # forced cuts measured beside the policy's choice
@@ -55,6 +59,36 @@ class DemoOptions:
     codec: str = "int8+lz4"
     compare_every: int = 4  # every Nth request runs all-edge / all-cloud for comparison
     collapse_to_mbit: float = 0.5
+    cascade_profile: str | None = "3g"  # the agent that runs the device cascade
+    cascade_target: float = 0.99  # agreement with the fp32 model its threshold is tuned for
+    inputs: int = 8  # distinct inputs the senders cycle through
+
+
+#: ``parameters.path`` of a v2 response: a cloud core answered, the policy kept the
+#: request on the device, or the device finished it after a failed cloud attempt.
+PATHS = ("remote", "device", "fallback")
+LOCAL_PATHS = ("device", "fallback")
+#: Console width the one-table layout needs; narrower consoles (and files, pipes) get
+#: two narrower tables instead of cells cut to "…".
+WIDE = 150
+
+
+def route(params: dict[str, Any]) -> tuple[str, str]:
+    """``(path, cut)`` of a v2 response's parameters.
+
+    ``path`` is one of :data:`PATHS` and ``cut`` the cut id (``cloud``, ``k<depth>``,
+    ``edge``). Agents from before the two fields were split sent the cut id itself as
+    ``path`` (``edge`` on the device, ``local`` after a failed cloud attempt); both forms
+    map to the same pair.
+    """
+    path, cut = str(params.get("path", "?")), params.get("cut")
+    if path in PATHS:
+        return path, str(cut if cut is not None else "?")
+    if path == "local":
+        return "fallback", str(cut if cut is not None else "edge")
+    if path == "edge":
+        return "device", "edge"
+    return "remote", path
 
 
 @dataclass
@@ -62,6 +96,7 @@ class Sample:
     t: float
     forced: str | None
     path: str
+    cut: str
     total_ms: float
     edge_ms: float
     network_ms: float
@@ -81,6 +116,7 @@ class AgentRun:
     errors: Counter[str] = field(default_factory=Counter)
     lost: int = 0
     paths: Counter[str] = field(default_factory=Counter)
+    cascade: Counter[str] = field(default_factory=Counter)  # local | split
     samples: deque[Sample] = field(default_factory=lambda: deque(maxlen=5000))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -90,7 +126,7 @@ class AgentRun:
 
     def current_cut(self) -> str:
         rec = self.recent(None, 8)
-        return Counter(s.path for s in rec).most_common(1)[0][0] if rec else "-"
+        return Counter(s.cut for s in rec).most_common(1)[0][0] if rec else "-"
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -108,10 +144,33 @@ def _bundle(opts: DemoOptions, console: Console) -> tuple[Path, Path, Path]:
     if not (bdir / "manifest.yaml").exists():
         from partitioner import partition
 
-        console.print(f"partitioning zoo:{opts.model} (cached for the next runs)…")
+        console.print(f"partitioning zoo:{opts.model} (cached for the next runs)...")
         partition(f"zoo:{opts.model}", None, repo, name=opts.model, version="1",
                   signing_key=keys.load_ed25519_private(sec), max_cuts=6, progress=True)
     return bdir, pub, repo
+
+
+def tune_cascade(bdir: Path, manifest: Any, target: float, n: int = 64) -> Any:
+    """The cascade threshold for ``target`` agreement of the int8 model with the fp32 one
+    on ``n`` held-back random inputs (``placement.cascade.tune_threshold``), or None when
+    the model's first output is not class logits."""
+    import onnxruntime as ort
+
+    from placement.cascade import confidence, tune_threshold
+
+    rng = np.random.default_rng(12345)  # not the senders' inputs
+    feeds = {t.name: rng.standard_normal((n, *t.shape[1:])).astype(t.dtype)
+             for t in manifest.inputs}
+    out = manifest.outputs[0].name
+    runs = [ort.InferenceSession(str(bdir / f), providers=["CPUExecutionProvider"])
+            .run([out], feeds)[0] for f in (manifest.full_int8, manifest.full_fp32)]
+    try:
+        scores = confidence(runs[0])
+    except ValueError:
+        return None
+    agree = runs[0].reshape(n, -1, runs[0].shape[-1]).argmax(-1) == \
+        runs[1].reshape(n, -1, runs[1].shape[-1]).argmax(-1)
+    return tune_threshold(scores, agree.all(axis=1), target)
 
 
 def _write_yaml(path: Path, doc: dict[str, Any]) -> Path:
@@ -144,6 +203,7 @@ class Demo:
         self.pids: list[int] = []
         self.t0 = 0.0
         self.stop_event = threading.Event()
+        self.cascade_threshold: float | None = None
 
     # ------------------------------------------------------------------ processes
     def start(self) -> None:
@@ -186,7 +246,7 @@ class Demo:
             "http": {"enabled": True, "host": "127.0.0.1", "port": 0},
             "grace_s": 5,
         })
-        self.console.print("starting the cloud core…")
+        self.console.print("starting the cloud core...")
         self.cloud = Service("cloud", tiersplit_cmd("cloud", "serve", "--config", str(cloud_cfg)),
                              log_path=self.run_dir / "cloud.log").start()
         self.pids.append(self.cloud.pid)
@@ -200,6 +260,15 @@ class Demo:
             target = (_broker_doc(opts, 0)["host"], _broker_port(opts))
         from transport.linkemu import LinkEmulator
 
+        self.cascade_threshold = None
+        if opts.cascade_profile in opts.profiles:
+            tuned = tune_cascade(bdir, self.bundle.manifest, opts.cascade_target)
+            if tuned is not None and tuned.met:
+                self.cascade_threshold = tuned.threshold
+                self.console.print(
+                    f"cascade on edge-{opts.cascade_profile}: threshold {tuned.threshold:.3f} "
+                    f"(held-back: {tuned.local_share:.0%} local at {tuned.achieved:.1%} "
+                    "agreement)")
         for name, prof in zip(names, opts.profiles, strict=True):
             if prof not in profiles:
                 raise ValueError(f"unknown link profile {prof!r}; known: {sorted(profiles)}")
@@ -222,10 +291,13 @@ class Demo:
                 "runtime": {"intra_op_threads": 1, "workers": 2,
                             "emulate_gmacs": opts.edge_gmacs},
                 "codec": opts.codec,
-                "policy": {"privacy_floor": 1, "probe_interval_s": 1.0},
+                "policy": {"privacy_floor": 1, "probe_interval_s": 1.0,
+                           "cascade": {"enabled": prof == opts.cascade_profile
+                                       and self.cascade_threshold is not None,
+                                       "threshold": self.cascade_threshold or 1.0}},
                 "deadlines": {"default_ms": 3000},
             })
-            self.console.print(f"starting agent {name} behind a {prof} link…")
+            self.console.print(f"starting agent {name} behind a {prof} link...")
             svc = Service(name, tiersplit_cmd("edge", "run", "--config", str(cfg)),
                           log_path=self.run_dir / f"{name}.log").start()
             self.pids.append(svc.pid)
@@ -240,16 +312,21 @@ class Demo:
             self.cloud.stop(grace=10)
 
     # ------------------------------------------------------------------ requests
-    def _inputs(self) -> tuple[bytes, list[dict[str, Any]]]:
+    def _inputs(self) -> list[tuple[bytes, list[dict[str, Any]]]]:
+        """The senders' inputs: a few distinct ones (the cascade is sure of some)."""
         rng = np.random.default_rng(0)
-        metas, blobs = [], []
-        for spec in self.bundle.manifest.inputs:
-            arr = rng.standard_normal((1, *spec.shape[1:])).astype(spec.dtype)
-            blob = arr.tobytes()
-            metas.append({"name": spec.name, "shape": list(arr.shape), "datatype": "FP32",
-                          "parameters": {"binary_data_size": len(blob)}})
-            blobs.append(blob)
-        return b"".join(blobs), metas
+        pool = []
+        for _ in range(max(self.opts.inputs, 1)):
+            metas, blobs = [], []
+            for spec in self.bundle.manifest.inputs:
+                arr = rng.standard_normal((1, *spec.shape[1:])).astype(spec.dtype)
+                blob = arr.tobytes()
+                metas.append({"name": spec.name, "shape": list(arr.shape),
+                              "datatype": "FP32",
+                              "parameters": {"binary_data_size": len(blob)}})
+                blobs.append(blob)
+            pool.append((b"".join(blobs), metas))
+        return pool
 
     def _send(self, agent: AgentRun, blob: bytes, metas: list[dict[str, Any]],
               forced: str | None) -> None:
@@ -277,45 +354,38 @@ class Demo:
         edge = float(p.get("head_ms", 0.0)) + float(p.get("encode_ms", 0.0)) + \
             float(p.get("local_ms", 0.0))
         network = max(0.0, float(p.get("remote_ms", 0.0)) - cloud)
-        s = Sample(time.monotonic() - self.t0, forced, str(p.get("path", "?")), total, edge,
-                   network, cloud, int(p.get("bytes_sent", 0)))
+        path, cut = route(p)
+        s = Sample(time.monotonic() - self.t0, forced, path, cut, total, edge, network, cloud,
+                   int(p.get("bytes_sent", 0)))
         with agent.lock:
             agent.ok += 1
             agent.samples.append(s)
             if forced is None:
                 agent.paths[s.path] += 1
+                if p.get("cascade"):
+                    agent.cascade[str(p["cascade"])] += 1
 
     def _sender(self, agent: AgentRun) -> None:
-        blob, metas = self._inputs()
+        pool = self._inputs()
         i = 0
         while not self.stop_event.is_set():
             i += 1
             k = self.opts.compare_every
             forced = COMPARE[(i // k) % 2] if k and i % k == 0 else None
+            blob, metas = pool[i % len(pool)]
             self._send(agent, blob, metas, forced)
 
     # ------------------------------------------------------------------ display
-    def table(self, title: str) -> Table:
-        t = Table(title=title, title_justify="left")
-        for col in ("agent", "link", "cut", "bytes", "edge ms", "net ms", "cloud ms",
-                    "e2e ms", "all-edge ms", "all-cloud ms", "paths", "sent", "ok", "err"):
-            t.add_column(col, justify="left" if col in ("agent", "link", "cut", "paths")
-                         else "right")
-        for a in self.agents:
-            rec = a.recent(None)
-
-            def med(xs: list[float]) -> str:
-                return f"{statistics.median(xs):.1f}" if xs else "-"
-
-            t.add_row(a.name, a.profile, a.current_cut(),
-                      med([s.bytes for s in rec]).removesuffix(".0"),
-                      med([s.edge_ms for s in rec]), med([s.network_ms for s in rec]),
-                      med([s.cloud_ms for s in rec]), med([s.total_ms for s in rec]),
-                      med([s.total_ms for s in a.recent("edge")]),
-                      med([s.total_ms for s in a.recent("cloud")]),
-                      " ".join(f"{k}:{v}" for k, v in sorted(a.paths.items())),
-                      str(a.sent), str(a.ok), str(sum(a.errors.values())))
-        return t
+    def table(self, title: str) -> RenderableType:
+        """The per-agent figures: one table on a wide console, else two that fit 80
+        columns (latency; traffic) with every cell whole."""
+        rows = [agent_row(a) for a in self.agents]
+        if self.console.width >= WIDE:
+            return _table(title, rows, WIDE_COLUMNS)
+        latency = _table(title, rows, LATENCY_COLUMNS)
+        latency.caption = "ms, medians of the last 20; all-edge/all-cloud: the input forced there"
+        latency.caption_justify = "left"
+        return Group(latency, _table("requests", rows, TRAFFIC_COLUMNS))
 
     # ------------------------------------------------------------------ the run
     def run(self) -> int:
@@ -367,15 +437,23 @@ class Demo:
         lost = sent - ok - errors  # no reply at all: must be zero
         local_after_kill = sum(1 for a in self.agents for s in a.samples
                                if s.t >= kill_at and s.forced is None and
-                               s.path in ("local", "edge"))
-        self.console.print(f"CUT-MOVE agent={victim.name} before={cut_before} "
-                           f"after={cut_after}")
-        self.console.print(f"LOCAL-AFTER-KILL {local_after_kill}")
-        self.console.print(f"SUMMARY sent={sent} answered={ok + errors} ok={ok} "
-                           f"errors={errors} lost={lost}")
+                               s.path in LOCAL_PATHS)
+        for line in summary_lines(self.agents):
+            self._plain(line)
+        moved = requests_to_move(victim, collapse_at, cut_before)
+        self._plain(f"CUT-MOVE agent={victim.name} before={cut_before} after={cut_after} "
+                    f"requests_to_move={moved if moved is not None else '-'}")
+        self._plain(cascade_line(self.agents, self.cascade_threshold))
+        self._plain(f"LOCAL-AFTER-KILL {local_after_kill}")
+        self._plain(f"SUMMARY sent={sent} answered={ok + errors} ok={ok} errors={errors} "
+                    f"lost={lost}")
         if opts.plot:
             self.plot(opts.plot, collapse_at, kill_at)
         return 0 if lost == 0 else 1
+
+    def _plain(self, line: str) -> None:
+        """One summary line as it is: no markup, no highlighting, never wrapped."""
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def _snapshot(self, title: str, live: Live | None) -> None:
         """Print the table as it stands (kept on screen above the live view)."""
@@ -410,6 +488,91 @@ class Demo:
         self.console.print(f"plot written to {path}")
 
 
+# ----------------------------------------------------------------------------- tables
+#: (header, key, right-aligned) of each layout's columns; keys index :func:`agent_row`.
+WIDE_COLUMNS = (("agent", "agent", False), ("link", "link", False), ("cut", "cut", False),
+                ("bytes", "bytes", True), ("edge ms", "edge", True), ("net ms", "net", True),
+                ("cloud ms", "cloud", True), ("e2e ms", "e2e", True),
+                ("all-edge ms", "all_edge", True), ("all-cloud ms", "all_cloud", True),
+                ("paths", "paths", False), ("sent", "sent", True), ("ok", "ok", True),
+                ("err", "err", True))
+LATENCY_COLUMNS = (("agent", "agent", False), ("link", "link", False), ("cut", "cut", False),
+                   ("edge", "edge", True), ("net", "net", True), ("cloud", "cloud", True),
+                   ("e2e", "e2e", True), ("all-edge", "all_edge", True),
+                   ("all-cloud", "all_cloud", True))
+TRAFFIC_COLUMNS = (("agent", "agent", False), ("bytes/req", "bytes", True),
+                   ("paths", "paths", False), ("sent", "sent", True), ("ok", "ok", True),
+                   ("err", "err", True))
+
+
+def _median(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.1f}" if xs else "-"
+
+
+def agent_row(a: AgentRun) -> dict[str, str]:
+    """One agent's figures as table cells: medians over its last 20 policy requests (and
+    the last 20 forced all-edge / all-cloud ones), counts since the start."""
+    rec = a.recent(None)
+    with a.lock:
+        paths = " ".join(f"{k}:{v}" for k, v in sorted(a.paths.items()))
+        sent, ok, err = a.sent, a.ok, sum(a.errors.values())
+    return {"agent": a.name, "link": a.profile, "cut": a.current_cut(),
+            "bytes": _median([s.bytes for s in rec]).removesuffix(".0"),
+            "edge": _median([s.edge_ms for s in rec]), "net": _median([s.network_ms for s in rec]),
+            "cloud": _median([s.cloud_ms for s in rec]), "e2e": _median([s.total_ms for s in rec]),
+            "all_edge": _median([s.total_ms for s in a.recent("edge")]),
+            "all_cloud": _median([s.total_ms for s in a.recent("cloud")]),
+            "paths": paths or "-", "sent": str(sent), "ok": str(ok), "err": str(err)}
+
+
+def _table(title: str, rows: list[dict[str, str]],
+           columns: tuple[tuple[str, str, bool], ...]) -> Table:
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for header, key, right in columns:
+        # Figures never shrink to "…": a narrow console wraps the paths column instead.
+        t.add_column(header, justify="right" if right else "left",
+                     no_wrap=key != "paths", overflow="fold",
+                     min_width=max([len(header)] + [len(r[key]) for r in rows]
+                                   if key != "paths" else [len(header)]))
+    for r in rows:
+        t.add_row(*(r[key] for _, key, _ in columns))
+    return t
+
+
+def summary_lines(agents: list[AgentRun]) -> list[str]:
+    """The end-of-run figures per agent, one plain line each (logs and files keep them)."""
+    lines = []
+    for a in agents:
+        r = agent_row(a)
+        lines.append(f"AGENT {r['agent']} link={r['link']} cut={r['cut']} e2e_ms={r['e2e']} "
+                     f"all_edge_ms={r['all_edge']} all_cloud_ms={r['all_cloud']} "
+                     f"bytes={r['bytes']} paths={r['paths'].replace(' ', ',')} "
+                     f"sent={r['sent']} ok={r['ok']} err={r['err']}")
+    return lines
+
+
+def requests_to_move(agent: AgentRun, since: float, cut: str) -> int | None:
+    """Policy requests ``agent`` sent after ``since`` until one was served at a cut other
+    than ``cut`` (that one included): how fast the cut followed a change. None: never."""
+    with agent.lock:
+        after = [s for s in agent.samples if s.forced is None and s.t >= since]
+    for n, s in enumerate(after, 1):
+        if s.cut != cut:
+            return n
+    return None
+
+
+def cascade_line(agents: list[AgentRun], threshold: float | None) -> str:
+    """How many policy requests the device cascade answered alone (``local``) or sent
+    on (``split``), over every agent that runs it; one plain line."""
+    local = sum(a.cascade["local"] for a in agents)
+    split = sum(a.cascade["split"] for a in agents)
+    share = f"{local / (local + split):.0%}" if local + split else "-"
+    which = ",".join(a.name for a in agents if a.cascade) or "none"
+    shown = "off" if threshold is None else f"{threshold:.3f}"
+    return f"CASCADE local={local} split={split} share={share} threshold={shown} agents={which}"
+
+
 def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
     """Run the demo; returns the exit code (0: every request answered, none lost)."""
     console = console or Console()
@@ -423,7 +586,8 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
     finally:
         demo.stop()
         gone = all(not _pid_alive(p) for p in demo.pids)
-        console.print(f"PIDS {','.join(map(str, demo.pids))} all_stopped={gone}")
+        console.print(f"PIDS {','.join(map(str, demo.pids))} all_stopped={gone}",
+                      markup=False, highlight=False, soft_wrap=True)
     return code
 
 

@@ -54,11 +54,11 @@ def make_server_link(cfg: ZmqServerConfig | MqttServerConfig) -> ServerLink:
     if isinstance(cfg, ZmqServerConfig):
         from transport.zmq import ZmqServerLink
 
-        return ZmqServerLink.from_config(cfg)
+        return ZmqServerLink(cfg)
     if isinstance(cfg, MqttServerConfig):
         from transport.mqtt import MqttServerLink
 
-        return MqttServerLink.from_config(cfg)
+        return MqttServerLink(cfg)
     raise TypeError(f"not a server link config: {type(cfg).__name__}")
 
 
@@ -73,9 +73,9 @@ def make_client_link(cfg: ZmqClientConfig | MqttClientConfig, agent_id: str) -> 
     if isinstance(cfg, ZmqClientConfig):
         from transport.zmq import ZmqClientLink
 
-        return ZmqClientLink.from_config(cfg, agent_id)
+        return ZmqClientLink(cfg, agent_id)
     if isinstance(cfg, MqttClientConfig):
         from transport.mqtt import MqttClientLink
 
-        return MqttClientLink.from_config(cfg, agent_id)
+        return MqttClientLink(cfg, agent_id)
     raise TypeError(f"not a client link config: {type(cfg).__name__}")

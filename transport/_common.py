@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
+from contract.deadline import Deadline
 from transport import wire
 from transport.base import PingResult, ServerHandler
 from transport.errors import LinkClosed, LinkTimeout, TransportError, WireError
@@ -38,7 +39,9 @@ def settle(fut: Future, result: Any = None, exc: BaseException | None = None) ->
 
 
 class Pending:
-    """Requests and pings in flight on one client link, with their deadlines."""
+    """Requests and pings in flight on one client link, with their deadlines (monotonic:
+    a request fails here when its own :class:`Deadline` passes, whatever the wall clock
+    does)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -48,7 +51,7 @@ class Pending:
         self._seq = itertools.count()
         self._nonces = itertools.count(1)
 
-    def add(self, request_id: str, deadline: float) -> Future[Reply]:
+    def add(self, request_id: str, deadline: Deadline) -> Future[Reply]:
         fut: Future[Reply] = Future()
         fut.set_running_or_notify_cancel()
         with self._lock:
@@ -56,7 +59,7 @@ class Pending:
                 settle(fut, exc=ValueError(f"request id {request_id!r} already in flight"))
                 return fut
             self._requests[request_id] = fut
-            heapq.heappush(self._deadlines, (deadline, next(self._seq), request_id))
+            heapq.heappush(self._deadlines, (deadline.at, next(self._seq), request_id))
         return fut
 
     def discard(self, request_id: str, exc: BaseException) -> None:
@@ -94,8 +97,9 @@ class Pending:
                                    up_bytes=up, down_bytes=down_bytes, load=pong.load))
 
     def expire(self, now: float | None = None) -> float | None:
-        """Fail requests past their deadline; return the next deadline, if any."""
-        now = time.time() if now is None else now
+        """Fail requests past their deadline; return the next deadline (monotonic
+        seconds, like ``now``), if any."""
+        now = time.monotonic() if now is None else now
         expired = []
         with self._lock:
             while self._deadlines:
@@ -253,6 +257,7 @@ def dispatch_server(frames: Sequence[Any], agent_id: str | None, handler: Server
         except Exception:  # a failing load report must not kill the I/O thread
             log.exception("handler.load() failed; pong without load")
             load = None
+        # server_time is informational (shown to operators), never compared by peers.
         send(Pong(nonce=msg.nonce, sent_at=msg.sent_at, server_time=time.time(),
                   received_bytes=len(msg.payload), load=load,
                   payload=bytes(msg.reply_bytes)))

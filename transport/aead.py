@@ -14,6 +14,13 @@ replicas sharing the cloud key keep independent sequence spaces. ``seq`` is a
 microsecond timestamp made strictly increasing per sender: receivers refuse repeats,
 sequences older than their window, and stamps further than ``max_skew_s`` from their
 clock (so even a receiver that restarted with an empty window refuses old captures).
+
+This is the one place a wall clock is compared across machines, and it is bounded: a
+sender whose clock is off by less than ``max_skew_s`` (120 s by default) works as if it
+were right; beyond that its payloads are refused with :class:`ClockSkewError`, raised
+only for payloads that authenticate (so a forged stamp cannot pose as a skewed peer),
+carrying the measured skew so the link can say once, plainly, what is wrong and how to
+fix it (sync the clock, or raise ``max_skew_s`` on both sides).
 Nonces are random (96 bits), so replicas never reuse a (key, nonce) pair.
 
 Associated data binds the envelope header, the agent id and the direction: a payload
@@ -40,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from transport.errors import AuthError, ReplayError
+from transport.errors import AuthError, ClockSkewError, ReplayError
 
 __all__ = [
     "ENVELOPE_OVERHEAD",
@@ -128,7 +135,10 @@ class ReplayWindow:
     def _check_locked(self, sender: bytes, seq: int) -> None:
         now_us = int(self._clock() * 1_000_000)
         if abs(seq - now_us) > self.max_skew_us:
-            raise ReplayError("payload timestamp outside the allowed clock skew")
+            skew, limit = (seq - now_us) / 1e6, self.max_skew_us / 1e6
+            raise ClockSkewError(f"payload stamped {skew:+.1f} s from this receiver's clock: "
+                                 f"clock skew beyond the accepted {limit:g} s", skew_s=skew,
+                                 limit_s=limit)
         entry = self._peers.get(sender)
         if entry is None:
             return
@@ -180,7 +190,9 @@ class Opener:
 
         Raises:
             AuthError: truncated, tampered, wrong key/agent/direction, unknown version.
-            ReplayError: repeated, stale or clock-skewed sequence number.
+            ClockSkewError: authentic, but stamped further than ``max_skew_s`` from this
+                receiver's clock.
+            ReplayError: repeated or stale sequence number.
         """
         env = bytes(envelope)
         if len(env) < ENVELOPE_OVERHEAD:
@@ -188,12 +200,19 @@ class Opener:
         version, alg_id, sender, seq, nonce = _HEADER.unpack_from(env, 0)
         if version != _VERSION or alg_id not in self._aeads:
             raise AuthError("unknown envelope version or algorithm")
-        self.window.check(sender, seq)
-        header = env[:_HEADER.size]
         try:
-            pt = self._aeads[alg_id].decrypt(nonce, env[_HEADER.size:],
-                                             _aad(header, self.agent_id, self.direction))
-        except InvalidTag:
-            raise AuthError("payload failed authentication (tampered or wrong key)") from None
+            self.window.check(sender, seq)
+        except ClockSkewError:
+            self._decrypt(env, alg_id, nonce)  # a forged stamp fails here, as AuthError
+            raise
+        pt = self._decrypt(env, alg_id, nonce)
         self.window.accept(sender, seq)
         return Opened(pt, sender, seq)
+
+    def _decrypt(self, env: bytes, alg_id: int, nonce: bytes) -> bytes:
+        header = env[:_HEADER.size]
+        try:
+            return self._aeads[alg_id].decrypt(nonce, env[_HEADER.size:],
+                                               _aad(header, self.agent_id, self.direction))
+        except InvalidTag:
+            raise AuthError("payload failed authentication (tampered or wrong key)") from None

@@ -79,7 +79,10 @@ class ClientLink(ABC):
     def submit(self, request: Request) -> Future[Reply]:
         """Encode (with ``request.codec``) and send; the future resolves with the reply.
 
-        The future fails with ``transport.errors.LinkTimeout`` at ``request.deadline`` and
+        Once the request is encoded, and before it is sent, ``request.wire_bytes`` holds
+        the bytes the link moves for it (read it after ``submit`` returns; it stays 0 when
+        the request failed before encoding). The future fails with
+        ``transport.errors.LinkTimeout`` when ``request.deadline`` (monotonic) passes and
         with ``LinkClosed`` when the peer is lost or the link closes."""
 
     @abstractmethod

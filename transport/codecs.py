@@ -9,12 +9,15 @@ Spec strings (chosen per request, recorded per tensor in the wire header)::
                 int8    affine uint8 per tensor: x ~ scale * q + low, one (scale, low)
                 int8c   affine uint8 per channel (axis 1 for 4-D NCHW, else the last
                         axis); the per-channel scales/lows travel in front of the data
+                int4c   the same with 4-bit levels, two to a byte
+                int2c   the same with 2-bit levels, four to a byte
     compressor  lz4     LZ4 block, declared decompressed size checked before allocation
                 zstd    Zstandard level 3, same check
 
-Examples: ``"raw"``, ``"fp16+zstd"``, ``"int8+lz4"``, ``"int8c+zstd"``. Lossy bases only
-apply to floating tensors; integer and bool tensors travel ``raw`` (with the compressor,
-if any) whatever the spec says, because quantizing indices or masks would corrupt them.
+Examples: ``"raw"``, ``"fp16+zstd"``, ``"int8+lz4"``, ``"int8c+zstd"``, ``"int4c+zstd"``.
+Lossy bases only apply to floating tensors; integer and bool tensors travel ``raw`` (with
+the compressor, if any) whatever the spec says, because quantizing indices or masks would
+corrupt them.
 
 Quantized tensors decode to float32. Every decode path bounds its output size from the
 header *before* allocating; violations raise :class:`transport.errors.CodecError` or
@@ -32,6 +35,7 @@ from transport.errors import CodecError, LimitError
 __all__ = [
     "BASES",
     "COMPRESSORS",
+    "PER_CHANNEL_BITS",
     "CodecSpec",
     "compress",
     "decompress",
@@ -42,7 +46,11 @@ __all__ = [
     "quantize",
 ]
 
-BASES = ("raw", "fp16", "int8", "int8c")
+BASES = ("raw", "fp16", "int8", "int8c", "int4c", "int2c")
+#: Per-channel affine bases and their bits per value. Fewer bits shrink the cut's bytes
+#: 2x / 4x below int8c; whether a cut keeps its accuracy at those levels is measured per
+#: cut by the partitioner, not assumed here.
+PER_CHANNEL_BITS = {"int8c": 8, "int4c": 4, "int2c": 2}
 COMPRESSORS = ("lz4", "zstd")
 _ZSTD_LEVEL = 3
 _LZ4_MAX = 0x7E000000  # lz4.block cannot address more than ~2 GiB in one block
@@ -102,8 +110,39 @@ def _finite_range(x: np.ndarray, axis: tuple[int, ...] | None) -> tuple[np.ndarr
     return lo, hi
 
 
+def _packed_len(n: int, bits: int) -> int:
+    return -(-n * bits // 8)
+
+
+def _pack(q: np.ndarray, bits: int) -> bytes | memoryview:
+    """``8 // bits`` values per byte, the first in the lowest bits (values < 2**bits)."""
+    if bits == 8:
+        return memoryview(q)
+    per = 8 // bits
+    pad = (-q.size) % per
+    if pad:
+        q = np.concatenate([q, np.zeros(pad, np.uint8)])
+    lanes = q.reshape(-1, per)
+    out = lanes[:, 0].copy()
+    for i in range(1, per):
+        out |= lanes[:, i] << np.uint8(bits * i)
+    return out.tobytes()
+
+
+def _unpack(packed: np.ndarray, n: int, bits: int) -> np.ndarray:
+    """Inverse of :func:`_pack`: the first ``n`` values."""
+    if bits == 8:
+        return packed[:n]
+    per = 8 // bits
+    mask = np.uint8((1 << bits) - 1)
+    lanes = np.empty((packed.size, per), np.uint8)
+    for i in range(per):
+        lanes[:, i] = (packed >> np.uint8(bits * i)) & mask
+    return lanes.reshape(-1)[:n]
+
+
 def quantize(arr: np.ndarray, base: str) -> tuple[bytes | memoryview, dict]:
-    """Encode one float array with a lossy base (``fp16``, ``int8``, ``int8c``).
+    """Encode one float array with a lossy base (``fp16``, ``int8``, ``int8c``/``int4c``/``int2c``).
 
     Returns:
         (payload, params) where params are the JSON-able header fields the decoder needs.
@@ -121,19 +160,21 @@ def quantize(arr: np.ndarray, base: str) -> tuple[bytes | memoryview, dict]:
         lo = np.float32(lo64)
         q = np.clip(np.rint((x - lo) / scale), 0, 255).astype(np.uint8)
         return memoryview(q.reshape(-1)), {"q": [float(scale), float(lo)]}
-    if base == "int8c":
+    if base in PER_CHANNEL_BITS:
+        bits = PER_CHANNEL_BITS[base]
         axis = int8c_axis(x.ndim)
         if x.ndim == 0:
-            raise CodecError("int8c needs at least one axis (use int8 for scalars)")
+            raise CodecError(f"{base} needs at least one axis (use int8 for scalars)")
         if x.size == 0:
             return b"", {"ax": axis}
+        levels = (1 << bits) - 1
         others = tuple(i for i in range(x.ndim) if i != axis)
         lo64, hi64 = _finite_range(x, others)
-        scale = np.where(hi64 > lo64, (hi64 - lo64) / 255.0, 1.0).astype(np.float32)
+        scale = np.where(hi64 > lo64, (hi64 - lo64) / levels, 1.0).astype(np.float32)
         lo = lo64.astype(np.float32)
-        q = np.clip(np.rint((x - lo) / scale), 0, 255).astype(np.uint8)
+        q = np.clip(np.rint((x - lo) / scale), 0, levels).astype(np.uint8)
         head = np.concatenate([scale.reshape(-1), lo.reshape(-1)]).astype("<f4")
-        return head.tobytes() + q.tobytes(), {"ax": axis}
+        return head.tobytes() + _pack(q.reshape(-1), bits), {"ax": axis}
     raise CodecError(f"not a lossy codec base: {base!r}")
 
 
@@ -148,10 +189,10 @@ def encoded_size(shape: tuple[int, ...], dtype: np.dtype, base: str, axis: int =
         return n * 2
     if base == "int8":
         return n
-    if base == "int8c":
+    if base in PER_CHANNEL_BITS:
         if n == 0 or not shape:
             return 0
-        return 8 * shape[axis] + n
+        return 8 * shape[axis] + _packed_len(n, PER_CHANNEL_BITS[base])
     raise CodecError(f"unknown codec base {base!r}")
 
 
@@ -171,7 +212,7 @@ def dequantize(buf: memoryview, shape: tuple[int, ...], base: str, params: dict)
         out *= scale
         out += lo
         return out
-    if base == "int8c":
+    if base in PER_CHANNEL_BITS:
         n = 1
         for d in shape:
             n *= d
@@ -181,11 +222,12 @@ def dequantize(buf: memoryview, shape: tuple[int, ...], base: str, params: dict)
         c = shape[axis]
         head = np.frombuffer(buf[: 8 * c], dtype="<f4")
         if not np.isfinite(head).all():
-            raise CodecError("int8c tensor has non-finite channel parameters")
+            raise CodecError(f"{base} tensor has non-finite channel parameters")
         bshape = [1] * len(shape)
         bshape[axis] = c
         scale, lo = head[:c].reshape(bshape), head[c:].reshape(bshape)
-        u = np.frombuffer(buf[8 * c:], dtype=np.uint8).reshape(shape)
+        u = _unpack(np.frombuffer(buf[8 * c:], dtype=np.uint8), n,
+                    PER_CHANNEL_BITS[base]).reshape(shape)
         out = u.astype(np.float32)
         out *= scale
         out += lo

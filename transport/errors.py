@@ -61,6 +61,22 @@ class ReplayError(AuthError):
     reason = "replay"
 
 
+class ClockSkewError(ReplayError):
+    """An authentic payload stamped further from the receiver's clock than the link's
+    ``max_skew_s``: the sender's wall clock is off, or the payload is an old capture.
+
+    Attributes:
+        skew_s: the stamp minus the receiver's clock, in seconds (positive: ahead).
+        limit_s: the accepted skew.
+    """
+
+    reason = "clock_skew"
+
+    def __init__(self, message: str, skew_s: float, limit_s: float) -> None:
+        super().__init__(message)
+        self.skew_s, self.limit_s = skew_s, limit_s
+
+
 class KeyFileError(TransportError):
     """A key file is missing, malformed or has unsafe permissions."""
 

@@ -18,6 +18,19 @@ Faults: :meth:`LinkEmulator.blackout` holds every byte in both directions for N 
 :meth:`LinkEmulator.set_rate` / :meth:`LinkEmulator.set_profile` change the link at run
 time. A scripted list of :class:`Fault` runs them at set times after :meth:`start`.
 
+Trace replay: :meth:`LinkEmulator.replay` (or the ``trace`` constructor argument) applies a
+recorded or synthesised :class:`Trace` (a CSV of ``t_s, up_bps, down_bps, rtt_ms, loss``)
+over time on the emulator's own loop, piecewise constant per row, looping or holding the
+last row at the end. Parsing, validation and the row lookup (:class:`Trace`, in
+:mod:`transport.linktrace`, re-exported here) are pure; only :meth:`LinkEmulator.replay`
+touches the loop.
+
+Loss: the proxy carries TCP byte streams, which cannot lose bytes, so a lost packet is
+modelled by what it costs TCP: the piece that carried it is delivered one extra RTT late
+(the fast retransmission), and the bytes behind it wait too (in-order delivery). A piece of
+*n* bytes holds ``ceil(n / 1460)`` segments, each lost with probability ``loss``. Congestion
+window reduction after a loss is not modelled.
+
 The bytes are carried unchanged, so ZeroMQ (with Curve) and MQTT (with TLS) run through
 it as they would through a real link. Deterministic for a given ``seed``: connection *i*,
 direction *d* draws its jitter from its own seeded generator.
@@ -31,20 +44,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import socket
 import struct
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["Fault", "LinkEmulator", "LinkProfile", "load_profiles"]
+from transport.linktrace import TRACE_COLUMNS, Trace, TraceRow
+
+__all__ = ["TRACE_COLUMNS", "Fault", "LinkEmulator", "LinkProfile", "Trace", "TraceRow",
+           "load_profiles"]
 
 log = logging.getLogger(__name__)
 
 _MIN_PIECE, _MAX_PIECE = 1460, 64 * 1024
+_MSS = 1460  # bytes per TCP segment, for the loss model
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +76,8 @@ class LinkProfile:
         rtt_ms: round-trip time; each direction is delayed by half of it.
         jitter_ms: standard deviation of the one-way delay.
         name: label for logs and tables.
+        loss: probability that one TCP segment is lost; costs the piece carrying it an
+            extra RTT (see the module docstring).
     """
 
     up_bps: float
@@ -64,16 +85,24 @@ class LinkProfile:
     rtt_ms: float
     jitter_ms: float = 0.0
     name: str = "custom"
+    loss: float = 0.0
 
     def __post_init__(self) -> None:
         if self.up_bps <= 0 or self.down_bps <= 0:
             raise ValueError("link rates must be positive")
         if self.rtt_ms < 0 or self.jitter_ms < 0:
             raise ValueError("rtt_ms and jitter_ms must be non-negative")
+        if not 0.0 <= self.loss < 1.0:
+            raise ValueError("loss must be in [0, 1)")
 
     @property
     def one_way_delay_s(self) -> float:
         return self.rtt_ms / 2000.0
+
+    def with_row(self, row: TraceRow) -> LinkProfile:
+        """This profile (its jitter and name) with a trace row's rates, RTT and loss."""
+        return replace(self, up_bps=row.up_bps, down_bps=row.down_bps, rtt_ms=row.rtt_ms,
+                       loss=row.loss)
 
     @classmethod
     def symmetric(cls, rate_bps: float, rtt_ms: float, jitter_ms: float = 0.0,
@@ -142,12 +171,21 @@ class _Direction:
         self.last_deliver_at = 0.0
 
     def schedule(self, now: float, nbytes: int, rate_bps: float, delay_s: float,
-                 jitter_s: float, blackout_until: float = 0.0) -> float:
-        """When a piece of ``nbytes`` read at ``now`` reaches the other end."""
+                 jitter_s: float, blackout_until: float = 0.0, loss: float = 0.0,
+                 retransmit_s: float = 0.0) -> float:
+        """When a piece of ``nbytes`` read at ``now`` reaches the other end.
+
+        With ``loss`` > 0 the piece is late by ``retransmit_s`` when one of its
+        ``ceil(nbytes / 1460)`` segments is lost (each with probability ``loss``).
+        """
         start = max(now, self.link_free_at, blackout_until)
         self.link_free_at = start + nbytes * 8 / rate_bps
         if jitter_s > 0:
             delay_s = max(0.0, delay_s + self.rng.gauss(0.0, jitter_s))
+        if loss > 0:
+            hit = 1.0 - (1.0 - loss) ** math.ceil(nbytes / _MSS)
+            if self.rng.random() < hit:
+                delay_s += retransmit_s
         self.last_deliver_at = max(self.link_free_at + delay_s, self.last_deliver_at)
         return self.last_deliver_at
 
@@ -185,14 +223,28 @@ class LinkEmulator:
         faults: scripted faults, times relative to :meth:`start`.
         max_backlog_s: how much link time may queue before the proxy stops reading.
         listen_host: address to listen on.
+        trace: replay this trace from :meth:`start` (see :meth:`replay`); ``profile``
+            then only gives the jitter and the name.
+        trace_loop: start the trace again at its end (else the last row holds).
+
+    Every proxied connection has its own bottleneck in each direction: several clients
+    through one emulator each see the profile (or the trace) alone, in lockstep, which
+    is what a benchmark comparing them on the same conditions needs.
     """
 
     def __init__(self, target: tuple[str, int], profile: LinkProfile, listen_port: int = 0,
                  seed: int = 0, faults: Iterable[Fault] = (), max_backlog_s: float = 0.2,
-                 listen_host: str = "127.0.0.1") -> None:
+                 listen_host: str = "127.0.0.1", trace: Trace | None = None,
+                 trace_loop: bool = False) -> None:
+        if trace is not None:
+            profile = profile.with_row(trace.rows[0])
         self.target, self.profile, self.seed = target, profile, seed
         self._listen = (listen_host, listen_port)
         self._faults = list(faults)
+        self._initial_trace = (trace, trace_loop) if trace is not None else None
+        self._trace: Trace | None = None
+        self._trace_token = 0
+        self.trace_origin: float | None = None
         self.max_backlog_s = max_backlog_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -221,6 +273,8 @@ class LinkEmulator:
         self.port = fut.result(10)
         for f in self._faults:
             self._loop.call_soon_threadsafe(self._loop.call_later, f.at_s, self._apply, f)
+        if self._initial_trace is not None:
+            self.replay(*self._initial_trace)
         log.info("link emulator %s:%d -> %s:%d (%s)", self._listen[0], self.port,
                  self.target[0], self.target[1], self.profile.name)
         return self
@@ -263,6 +317,16 @@ class LinkEmulator:
             raise RuntimeError("LinkEmulator not started")
         self._loop.call_soon_threadsafe(fn, *args)
 
+    def _call_and_wait(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
+        """Run ``fn`` on the loop thread and return once it has run."""
+        if self._loop is None:
+            raise RuntimeError("LinkEmulator not started")
+
+        async def _run() -> None:
+            fn(*args)
+
+        asyncio.run_coroutine_threadsafe(_run(), self._loop).result(10)
+
     def set_profile(self, profile: LinkProfile) -> None:
         """Change rates, delay and jitter for bytes entering the link from now on."""
         self._call(setattr, self, "profile", profile)
@@ -278,6 +342,40 @@ class LinkEmulator:
     def reset_connections(self) -> None:
         """Abort every proxied connection (both ends see a reset)."""
         self._call(self._apply, Fault(0.0, "reset"))
+
+    def replay(self, trace: Trace, loop: bool = False, origin: float | None = None) -> float:
+        """Apply ``trace`` over time: row *i* from ``origin + t_s`` on (rates, RTT, loss;
+        the jitter stays). Replaces a replay in progress; returns the origin once the
+        replay is under way (its rows already due are applied by then).
+
+        Args:
+            trace: the rows to apply.
+            loop: start again at the end of the trace; else the last row holds.
+            origin: ``time.monotonic()`` at which the trace's ``t_s = 0`` is; default now.
+                Rows already past are applied at once, in order. Several emulators given
+                one origin replay in step.
+        """
+        if self._loop is None:
+            raise RuntimeError("LinkEmulator not started")
+        origin = time.monotonic() if origin is None else origin
+        self.trace_origin = origin
+        self._call_and_wait(self._start_trace, trace, loop, origin)
+        return origin
+
+    def stop_replay(self) -> None:
+        """Stop applying rows; the link keeps the row in force now."""
+        self._call_and_wait(self._start_trace, None, False, 0.0)
+
+    @property
+    def trace(self) -> Trace | None:
+        """The trace being replayed (None when none is)."""
+        return self._trace
+
+    def trace_time(self, now: float | None = None) -> float:
+        """Seconds into the replay at ``time.monotonic()`` ``now`` (default: now)."""
+        if self.trace_origin is None:
+            raise RuntimeError("no trace has been replayed")
+        return (time.monotonic() if now is None else now) - self.trace_origin
 
     def run_faults(self, faults: Iterable[Fault]) -> None:
         """Schedule more faults, times relative to now."""
@@ -299,6 +397,43 @@ class LinkEmulator:
     def _schedule(self, f: Fault) -> None:
         assert self._loop is not None
         self._loop.call_later(f.at_s, self._apply, f)
+
+    def _start_trace(self, trace: Trace | None, loop: bool, origin: float) -> None:
+        assert self._loop is not None
+        self._trace_token += 1  # rows still scheduled by an earlier replay are dropped
+        self._trace = trace
+        if trace is None:
+            return
+        # The origin is on the time.monotonic() clock; the loop's own clock may differ.
+        origin_loop = self._loop.time() - (time.monotonic() - origin)
+        log.info("link replays trace %s (%d rows, %.1f s%s)", trace.name, len(trace.rows),
+                 trace.duration_s, ", looping" if loop else "")
+        self._next_row(self._trace_token, trace, trace.steps(loop), origin_loop)
+
+    def _next_row(self, token: int, trace: Trace, steps: Iterator[tuple[float, TraceRow]],
+                  origin: float) -> None:
+        """Apply the rows already due, then schedule the next one."""
+        assert self._loop is not None
+        while (step := next(steps, None)) is not None:
+            offset, row = step
+            if origin + offset > self._loop.time():
+                self._loop.call_at(origin + offset, self._apply_row, token, trace, steps,
+                                   origin, row)
+                return
+            self._set_row(trace, row)
+        log.info("trace %s ended; the link keeps its last row", trace.name)
+
+    def _apply_row(self, token: int, trace: Trace, steps: Iterator[tuple[float, TraceRow]],
+                   origin: float, row: TraceRow) -> None:
+        if token != self._trace_token:
+            return
+        self._set_row(trace, row)
+        self._next_row(token, trace, steps, origin)
+
+    def _set_row(self, trace: Trace, row: TraceRow) -> None:
+        self.profile = self.profile.with_row(row)
+        log.debug("trace %s at %.2f s: up %.3g down %.3g bit/s, RTT %.1f ms, loss %.3f",
+                  trace.name, row.t_s, row.up_bps, row.down_bps, row.rtt_ms, row.loss)
 
     def _apply(self, f: Fault) -> None:
         assert self._loop is not None
@@ -378,7 +513,8 @@ class LinkEmulator:
                 # Scheduled from when the piece was read, not from when this task got to
                 # it: timer slack or a busy CPU delays the emulator, not the emulated link.
                 at = d.schedule(read_at, len(piece), rate(), prof.one_way_delay_s,
-                                prof.jitter_ms / 1000.0, self._blackout_until)
+                                prof.jitter_ms / 1000.0, self._blackout_until,
+                                prof.loss, prof.rtt_ms / 1000.0)
                 rx.put_nowait((at, piece))
                 # The link is busy until link_free_at; sleeping only when that is more
                 # than a millisecond away keeps the average exact despite timer slack.

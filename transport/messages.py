@@ -7,11 +7,12 @@ Tensors are numpy arrays; on decode they are views over the received frames
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 import numpy as np
+
+from contract.deadline import Deadline
 
 
 class Status(IntEnum):
@@ -46,9 +47,15 @@ class Request:
         version: bundle version string.
         digest: sha256 hex of the bundle manifest; the cloud refuses any other.
         cut: cut id from the manifest (``"cloud"`` means the raw inputs, whole model).
-        deadline: absolute Unix time (seconds) after which the answer is useless.
+        deadline: when the answer stops being useful, on the monotonic clock of the
+            process holding the request. The wire carries only the budget left
+            (``deadline.remaining_ms()`` at encode time) and the receiver re-anchors it on
+            its own clock, so no wall clock is compared across machines.
         tensors: name -> array (the crossing tensors of the cut, batch dim first).
         codec: codec spec used on the wire, e.g. ``"raw"``, ``"fp16"``, ``"int8+lz4"``.
+        wire_bytes: bytes of the encoded request, set by the client link when it encodes
+            it (0 until then; never on the wire), so the sender learns the size it moved
+            without encoding twice.
     """
 
     request_id: str
@@ -57,10 +64,10 @@ class Request:
     version: str
     digest: str
     cut: str
-    deadline: float
+    deadline: Deadline
     tensors: dict[str, np.ndarray]
     codec: str = "raw"
-    sent_at: float = field(default_factory=time.time)
+    wire_bytes: int = 0
 
 
 @dataclass(slots=True)

@@ -23,6 +23,13 @@ replicas a replayed request (within ``max_skew_s``) may be delivered to a replic
 has not seen the original and be computed once more; its reply is sealed to the real
 agent, which drops it (unknown request id, and replies have their own replay window), so
 the cost is wasted compute, never leaked data. Lower ``max_skew_s`` to narrow it.
+
+Clock skew: the replay check compares the sender's wall-clock stamp with the receiver's
+clock, within ``max_skew_s`` (120 s by default). A device whose clock is off by less
+works as if it were right (deadlines never depend on wall clocks: they travel as a
+budget). Beyond it, its payloads are refused as possible replays and the receiving link
+logs one warning per peer naming the measured skew and the fix (sync the device clock,
+or raise ``max_skew_s`` on both sides); the agent finishes those requests on the device.
 """
 
 from __future__ import annotations
@@ -41,13 +48,20 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from transport import aead, keys, wire
 from transport._common import LinkState, Pending, dispatch_client, dispatch_server
 from transport.base import ClientLink, PingResult, ServerHandler, ServerLink
 from transport.config import MqttBrokerConfig, MqttClientConfig, MqttServerConfig
-from transport.errors import KeyFileError, LinkClosed, LinkTimeout, TransportError, WireError
+from transport.errors import (
+    ClockSkewError,
+    KeyFileError,
+    LinkClosed,
+    LinkTimeout,
+    TransportError,
+    WireError,
+)
 from transport.messages import Ping, Pong, Reply, Request
 
 __all__ = ["MqttClientLink", "MqttServerLink", "load_x25519_allow_list"]
@@ -117,6 +131,39 @@ def make_paho_client(cfg: MqttBrokerConfig, client_id: str) -> paho.Client:
     return client
 
 
+class _SkewLog:
+    """Says once per peer, in one line, that its payloads are refused for clock skew,
+    with the measured skew and the fix; later refusals of that peer are logged at debug.
+
+    Args:
+        what: names whose payloads are refused (``{peer}`` is replaced by the peer).
+        whose: whose clock the skew is measured against (``"the cloud's"``).
+    """
+
+    _MAX_PEERS = 4096
+
+    def __init__(self, what: str, whose: str) -> None:
+        self._what, self._whose = what, whose
+        self._told: set[str] = set()
+        self._lock = threading.Lock()
+
+    def report(self, peer: str, e: ClockSkewError) -> None:
+        with self._lock:
+            first = peer not in self._told
+            if first:
+                if len(self._told) >= self._MAX_PEERS:
+                    self._told.clear()
+                self._told.add(peer)
+        what = self._what.format(peer=peer)
+        if not first:
+            log.debug("%s refused: %s", what, e)
+            return
+        log.warning("%s refused: they are stamped %+.1f s from %s clock, beyond max_skew_s="
+                    "%g s. Sync the clocks (NTP/chrony on the device) or raise max_skew_s in "
+                    "both link configs; if the clocks are right these are replayed captures.",
+                    what, e.skew_s, self._whose, e.limit_s)
+
+
 @dataclass(slots=True)
 class _AgentCrypto:
     public: bytes
@@ -128,30 +175,26 @@ class MqttServerLink(ServerLink):
     """Cloud side of the MQTT link (one replica; run several with the same ``group``).
 
     Args:
-        broker: how to reach the broker.
-        secret_key: the cloud's X25519 private key.
-        allowed_keys_dir: directory of ``<agent_id>.pub`` X25519 public keys.
-        prefix: topic prefix.
-        group: shared-subscription group of the cloud replicas.
-        client_id: MQTT client id (random when None).
-        alg: AEAD algorithm for replies.
-        replay_window: sequence numbers remembered per sender.
-        max_skew_s: accepted clock skew of payload stamps.
-        limits: decoder bounds.
+        cfg: the broker, the cloud's X25519 private key and the allow-list directory of
+            ``<agent_id>.pub`` X25519 public keys (read here), the topic prefix, the
+            shared-subscription group, the MQTT client id (random when None), the AEAD
+            algorithm for replies, the replay window, the accepted clock skew of payload
+            stamps and the decoder bounds.
+
+    Raises:
+        KeyFileError: a key file is missing, malformed or readable by group/others.
     """
 
-    def __init__(self, broker: MqttBrokerConfig, *, secret_key: X25519PrivateKey,
-                 allowed_keys_dir: Path, prefix: str = "tiersplit",
-                 group: str = "tiersplit-cloud", client_id: str | None = None,
-                 alg: aead.Algorithm = "chacha20poly1305", replay_window: int = 4096,
-                 max_skew_s: float = 120.0, limits: wire.WireLimits = wire.WireLimits()
-                 ) -> None:
-        self._broker, self._secret = broker, secret_key
-        self._allow_dir = Path(allowed_keys_dir)
-        self._prefix, self._group = prefix, group
-        self._client_id = client_id or f"tiersplit-cloud-{uuid.uuid4().hex[:12]}"
-        self._alg, self._window, self._skew = alg, replay_window, max_skew_s
-        self._limits = limits
+    def __init__(self, cfg: MqttServerConfig) -> None:
+        self.config = cfg
+        self._broker = cfg.broker
+        self._secret = keys.load_x25519_private(cfg.secret_key)
+        self._allow_dir = Path(cfg.allowed_keys_dir)
+        self._prefix, self._group = cfg.prefix, cfg.group
+        self._client_id = cfg.client_id or f"tiersplit-cloud-{uuid.uuid4().hex[:12]}"
+        self._alg: aead.Algorithm = cfg.aead
+        self._window, self._skew = cfg.replay_window, cfg.max_skew_s
+        self._limits = cfg.limits
         self._lock = threading.Lock()
         self._agents: dict[str, _AgentCrypto] = {}
         self._sender = uuid.uuid4().bytes[:8]
@@ -160,15 +203,9 @@ class MqttServerLink(ServerLink):
         self._subscribed = threading.Event()
         self._inflight: set[Any] = set()
         self._inflight_lock = threading.Lock()
-        self.presence_topic = f"{prefix}/cloud/{self._client_id}"
+        self.presence_topic = f"{cfg.prefix}/cloud/{self._client_id}"
+        self._skew_log = _SkewLog("requests of agent {peer}", "the cloud's")
         self.reload_allowed()
-
-    @classmethod
-    def from_config(cls, cfg: MqttServerConfig) -> MqttServerLink:
-        return cls(cfg.broker, secret_key=keys.load_x25519_private(cfg.secret_key),
-                   allowed_keys_dir=cfg.allowed_keys_dir, prefix=cfg.prefix, group=cfg.group,
-                   client_id=cfg.client_id, alg=cfg.aead, replay_window=cfg.replay_window,
-                   max_skew_s=cfg.max_skew_s, limits=cfg.limits.to_limits())
 
     @property
     def request_filter(self) -> str:
@@ -298,6 +335,10 @@ class MqttServerLink(ServerLink):
         try:
             opened = crypto.opener.open(msg.payload)
             frames = wire.unpack_frames(opened.plaintext, self._limits)
+        except ClockSkewError as e:
+            self._skew_log.report(agent_id, e)
+            self._reject(e.reason, agent_id)
+            return
         except (TransportError, WireError) as e:
             log.info("payload from %s refused: %s", agent_id, e)
             self._reject(e.reason, agent_id)
@@ -331,23 +372,33 @@ class MqttClientLink(LinkState, ClientLink):
     ``<prefix>/cloud/<client_id>`` marker while up and clear it on stop, and the broker
     clears it (their MQTT will) when one vanishes, after 1.5 x its keepalive. Requests in
     flight fail with ``LinkClosed`` when ``connected`` goes False.
+
+    Args:
+        cfg: the broker, the agent's X25519 private key and the cloud's public key (read
+            here), the topic prefix, AEAD algorithm, replay window, accepted clock skew and
+            decoder bounds.
+        agent_id: this agent's id (it names the agent's topics).
+
+    Raises:
+        KeyFileError: a key file is missing, malformed or readable by group/others.
+        ValueError: ``agent_id`` cannot be a topic level.
     """
 
-    def __init__(self, broker: MqttBrokerConfig, agent_id: str, *,
-                 secret_key: X25519PrivateKey, server_public_key: X25519PublicKey,
-                 prefix: str = "tiersplit", alg: aead.Algorithm = "chacha20poly1305",
-                 replay_window: int = 4096, max_skew_s: float = 120.0,
-                 limits: wire.WireLimits = wire.WireLimits()) -> None:
+    def __init__(self, cfg: MqttClientConfig, agent_id: str) -> None:
         if not _AGENT_ID.match(agent_id):
             raise ValueError(f"agent id {agent_id!r} must match {_AGENT_ID.pattern}")
-        self.agent_id, self._prefix, self._limits = agent_id, prefix, limits
-        self._broker = broker
+        self.config = cfg
+        self.agent_id, self._prefix, self._limits = agent_id, cfg.prefix, cfg.limits
+        self._broker = broker = cfg.broker
+        secret_key = keys.load_x25519_private(cfg.secret_key)
+        server_public_key = keys.load_x25519_public(cfg.server_public_key)
         self._sealer = aead.Sealer(aead.derive_key(secret_key, server_public_key, agent_id,
-                                                   "req"), agent_id, "req", alg)
+                                                   "req"), agent_id, "req", cfg.aead)
         self._opener = aead.Opener(aead.derive_key(secret_key, server_public_key, agent_id,
                                                    "rep"), agent_id, "rep",
-                                   aead.ReplayWindow(replay_window, max_skew_s))
+                                   aead.ReplayWindow(cfg.replay_window, cfg.max_skew_s))
         self._pending = Pending()
+        self._skew_log = _SkewLog("replies of the cloud", f"agent {agent_id}'s")
         self._init_state()
         self._subscribed = False
         self._replicas: set[str] = set()
@@ -363,13 +414,6 @@ class MqttClientLink(LinkState, ClientLink):
         self._reaper = threading.Thread(target=self._reap, name="tiersplit-mqtt-deadlines",
                                         daemon=True)
         self._reaper.start()
-
-    @classmethod
-    def from_config(cls, cfg: MqttClientConfig, agent_id: str) -> MqttClientLink:
-        return cls(cfg.broker, agent_id, secret_key=keys.load_x25519_private(cfg.secret_key),
-                   server_public_key=keys.load_x25519_public(cfg.server_public_key),
-                   prefix=cfg.prefix, alg=cfg.aead, replay_window=cfg.replay_window,
-                   max_skew_s=cfg.max_skew_s, limits=cfg.limits.to_limits())
 
     @property
     def request_topic(self) -> str:
@@ -391,9 +435,11 @@ class MqttClientLink(LinkState, ClientLink):
 
     # -- ClientLink -------------------------------------------------------------------
 
-    def _publish(self, frames: list) -> None:
-        info = self._client.publish(self.request_topic,
-                                    self._sealer.seal(wire.pack_frames(frames)), qos=1)
+    def _seal(self, frames: list) -> bytes:
+        return self._sealer.seal(wire.pack_frames(frames))
+
+    def _publish(self, payload: bytes) -> None:
+        info = self._client.publish(self.request_topic, payload, qos=1)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise LinkClosed(f"publish failed: {paho.error_string(info.rc)}")
 
@@ -408,7 +454,10 @@ class MqttClientLink(LinkState, ClientLink):
                 else "not connected (broker unreachable or no cloud replica present)"))
             return fut
         try:
-            self._publish(wire.encode(request))
+            payload = self._seal(wire.encode(request))
+            # Set before publishing: the reply may race back before publish() returns.
+            request.wire_bytes = len(payload)
+            self._publish(payload)
         except Exception as e:
             self._pending.discard(request.request_id, e)
             return fut
@@ -425,7 +474,7 @@ class MqttClientLink(LinkState, ClientLink):
         frames = wire.encode(Ping(nonce=nonce, sent_at=time.time(),
                                   payload=bytes(payload_bytes), reply_bytes=reply_bytes))
         try:
-            self._publish(frames)
+            self._publish(self._seal(frames))
         except LinkClosed:
             self._pending.drop_ping(nonce)
             raise
@@ -455,7 +504,7 @@ class MqttClientLink(LinkState, ClientLink):
     def _reap(self) -> None:
         while not self._closed.is_set():
             nxt = self._pending.expire()
-            wait = 0.5 if nxt is None else min(0.5, max(0.0, nxt - time.time()) + 0.001)
+            wait = 0.5 if nxt is None else min(0.5, max(0.0, nxt - time.monotonic()) + 0.001)
             with self._cv:
                 self._cv.wait(wait)
 
@@ -507,6 +556,9 @@ class MqttClientLink(LinkState, ClientLink):
         try:
             opened = self._opener.open(msg.payload)
             frames = wire.unpack_frames(opened.plaintext, self._limits)
+        except ClockSkewError as e:
+            self._skew_log.report("cloud", e)
+            return
         except TransportError as e:
             log.warning("reply payload refused: %s", e)
             return

@@ -6,6 +6,10 @@ A message is a list of frames::
     frame 1..n   one buffer per tensor (request/reply), in header order
                  or one payload frame (ping/pong)
 
+A request's header carries its deadline as ``budget_ms``, the milliseconds left when it
+was encoded; the decoder re-anchors it on the receiver's monotonic clock
+(:class:`contract.deadline.Deadline`), so sender and receiver never compare wall clocks.
+
 The header of a request/reply lists its tensors as ``{"n": name, "d": dtype, "s": shape,
 "c": codec, ...codec params}``. ``raw`` tensors are sent as memoryviews of the caller's
 arrays and decoded as ``np.frombuffer`` views over the received frames (zero-copy both
@@ -26,12 +30,14 @@ import json
 import math
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from contract.deadline import Deadline
+from contract.dtypes import DTYPES
 from transport import codecs
+from transport.config import WireLimits
 from transport.errors import CodecError, DTypeError, LimitError, VersionError, WireError
 from transport.messages import LoadReport, Message, Ping, Pong, Reply, Request, Status
 
@@ -47,35 +53,14 @@ __all__ = [
     "wire_bytes",
 ]
 
-WIRE_VERSION = 1
+#: 2: requests carry the budget left (``budget_ms``) instead of a wall-clock deadline.
+WIRE_VERSION = 2
 _KIND_REQUEST, _KIND_REPLY, _KIND_PING, _KIND_PONG = 1, 2, 3, 4
 
-#: dtypes a tensor may have on the wire (little-endian on the wire whatever the host).
-ALLOWED_DTYPES: dict[str, np.dtype] = {
-    name: np.dtype(name).newbyteorder("<")
-    for name in ("float32", "float16", "float64", "int8", "uint8", "int16", "int32",
-                 "int64", "bool")
-}
+#: dtypes a tensor may have on the wire: the :mod:`contract.dtypes` vocabulary, each
+#: little-endian on the wire whatever the host.
+ALLOWED_DTYPES: dict[str, np.dtype] = {d.name: d.numpy.newbyteorder("<") for d in DTYPES}
 _MAX_STR = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class WireLimits:
-    """Bounds a decoder enforces before allocating.
-
-    Attributes:
-        max_header_bytes: size of frame 0 (version, kind, JSON header).
-        max_tensors: tensors in one message.
-        max_tensor_bytes: decoded size of one tensor (and of its uncompressed payload).
-        max_total_bytes: decoded size of all tensors (or a ping payload/padding) together.
-        max_ndim: rank of one tensor.
-    """
-
-    max_header_bytes: int = 64 * 1024
-    max_tensors: int = 64
-    max_tensor_bytes: int = 64 * 1024 * 1024
-    max_total_bytes: int = 64 * 1024 * 1024
-    max_ndim: int = 8
 
 
 # ----------------------------------------------------------------------------- encode
@@ -123,14 +108,15 @@ def encode(msg: Message, codec: str | None = None) -> list[bytes | memoryview]:
     Raises:
         DTypeError: a tensor dtype outside :data:`ALLOWED_DTYPES`.
         CodecError: unknown codec spec.
+        ValueError: a request whose deadline is not finite.
     """
     if isinstance(msg, Request):
         descs, frames = _tensor_frames(msg.tensors, codecs.parse_spec(codec or msg.codec))
         head = _head(_KIND_REQUEST, {
             "id": msg.request_id, "agent": msg.agent_id, "model": msg.model,
             "version": msg.version, "digest": msg.digest, "cut": msg.cut,
-            "deadline": float(msg.deadline), "codec": codec or msg.codec,
-            "sent_at": float(msg.sent_at), "t": descs})
+            "budget_ms": _budget_ms(msg.deadline), "codec": codec or msg.codec,
+            "t": descs})
         return [head, *frames]
     if isinstance(msg, Reply):
         descs, frames = _tensor_frames(msg.tensors, codecs.parse_spec(codec or "raw"))
@@ -154,6 +140,13 @@ def encode(msg: Message, codec: str | None = None) -> list[bytes | memoryview]:
                                    "received_bytes": int(msg.received_bytes),
                                    "load": load}), msg.payload]
     raise TypeError(f"cannot encode {type(msg).__name__}")
+
+
+def _budget_ms(deadline: Deadline) -> float:
+    budget = deadline.remaining_ms()
+    if not math.isfinite(budget):
+        raise ValueError(f"request deadline must be finite, got {budget} ms left")
+    return round(budget, 3)
 
 
 def wire_bytes(frames: Sequence[bytes | memoryview]) -> int:
@@ -260,7 +253,7 @@ def _decode_tensors(header: dict[str, Any], frames: Sequence[Any], limits: WireL
             raise CodecError(f"tensor {name!r}: codec {spec} does not apply to {dname} "
                              f"of rank {len(shape_t)}")
         axis = 0
-        if spec.base == "int8c":
+        if spec.base in codecs.PER_CHANNEL_BITS:
             axis = _int(d, "ax", lo=0, hi=max(len(shape_t) - 1, 0))
         n = math.prod(shape_t)
         out_bytes = n * (dtype.itemsize if spec.base == "raw" else 4)
@@ -320,8 +313,8 @@ def decode(frames: Sequence[Any], limits: WireLimits = WireLimits()) -> Message:
                 request_id=_str(h, "id"), agent_id=_str(h, "agent", ""),
                 model=_str(h, "model"), version=_str(h, "version", ""),
                 digest=_str(h, "digest", ""), cut=_str(h, "cut"),
-                deadline=_num(h, "deadline"), codec=_str(h, "codec", "raw"),
-                sent_at=_num(h, "sent_at", 0.0), tensors=_decode_tensors(h, frames, limits))
+                deadline=Deadline.after_ms(_num(h, "budget_ms")),
+                codec=_str(h, "codec", "raw"), tensors=_decode_tensors(h, frames, limits))
         if kind == _KIND_REPLY:
             code = _int(h, "status", lo=0, hi=max(Status))
             return Reply(

@@ -112,27 +112,22 @@ class ZmqServerLink(ServerLink):
     """Cloud side of the ZeroMQ link.
 
     Args:
-        endpoints: addresses to bind, e.g. ``["tcp://0.0.0.0:5555", "ipc:///run/ts.sock"]``
-            (port 0 or ``*`` picks a free port; see :attr:`endpoints` after start).
-        curve_keypair: (public, secret) Z85 server keys; None only with ``insecure``.
-        allowed_keys_dir: directory of ``<agent_id>.pub`` Curve certificates.
-        insecure: plaintext without authentication (logs a warning).
-        limits: decoder bounds.
+        cfg: endpoints to bind (port 0 or ``*`` picks a free port; see :attr:`endpoints`
+            after start), the Curve certificate and allow-list directory (read here),
+            heartbeats and decoder bounds.
+
+    Raises:
+        KeyFileError: a key file is missing, malformed or readable by group/others.
     """
 
-    def __init__(self, endpoints: list[str], *, curve_keypair: tuple[bytes, bytes] | None,
-                 allowed_keys_dir: Path | None, insecure: bool = False,
-                 heartbeat_ivl_ms: int = 1000, heartbeat_timeout_ms: int = 3000,
-                 heartbeat_ttl_ms: int = 6000, limits: wire.WireLimits = wire.WireLimits()
-                 ) -> None:
-        if not insecure and (curve_keypair is None or allowed_keys_dir is None):
-            raise ValueError("a secure zmq server needs curve_keypair and allowed_keys_dir")
-        self._want = [e.replace(":0", ":*") if e.endswith(":0") else e for e in endpoints]
-        self._keys = curve_keypair
-        self._allow_dir = Path(allowed_keys_dir) if allowed_keys_dir else None
-        self._insecure = insecure
-        self._hb = (heartbeat_ivl_ms, heartbeat_timeout_ms, heartbeat_ttl_ms)
-        self._limits = limits
+    def __init__(self, cfg: ZmqServerConfig) -> None:
+        self.config = cfg
+        self._want = [e.replace(":0", ":*") if e.endswith(":0") else e for e in cfg.endpoints]
+        self._keys = keys.load_curve_secret(cfg.secret_key) if cfg.secret_key else None
+        self._allow_dir = Path(cfg.allowed_keys_dir) if cfg.allowed_keys_dir else None
+        self._insecure = cfg.insecure
+        self._hb = (cfg.heartbeat_ivl_ms, cfg.heartbeat_timeout_ms, cfg.heartbeat_ttl_ms)
+        self._limits = cfg.limits
         self._allowed: dict[bytes, str] = {}
         self._allowed_ids: frozenset[str] = frozenset()
         self._revoked: dict[bytes, str] = {}
@@ -149,15 +144,6 @@ class ZmqServerLink(ServerLink):
         self._auth: _Authenticator | None = None
         if self._allow_dir is not None:
             self.reload_allowed()
-
-    @classmethod
-    def from_config(cls, cfg: ZmqServerConfig) -> ZmqServerLink:
-        pair = keys.load_curve_secret(cfg.secret_key) if cfg.secret_key else None
-        return cls(list(cfg.endpoints), curve_keypair=pair,
-                   allowed_keys_dir=cfg.allowed_keys_dir, insecure=cfg.insecure,
-                   heartbeat_ivl_ms=cfg.heartbeat_ivl_ms,
-                   heartbeat_timeout_ms=cfg.heartbeat_timeout_ms,
-                   heartbeat_ttl_ms=cfg.heartbeat_ttl_ms, limits=cfg.limits.to_limits())
 
     # -- allow-list -------------------------------------------------------------------
 
@@ -343,25 +329,29 @@ class ZmqClientLink(LinkState, ClientLink):
 
     Connects in the background at construction; see :attr:`connected` and
     :meth:`wait_connected`.
+
+    Args:
+        cfg: the endpoint, the agent's Curve certificate and the cloud's public key (read
+            here), heartbeats, reconnection and decoder bounds.
+        agent_id: this agent's id.
+
+    Raises:
+        KeyFileError: a key file is missing, malformed or readable by group/others.
     """
 
-    def __init__(self, endpoint: str, agent_id: str, *,
-                 curve_keypair: tuple[bytes, bytes] | None,
-                 server_public_key: bytes | None, insecure: bool = False,
-                 heartbeat_ivl_ms: int = 1000, heartbeat_timeout_ms: int = 3000,
-                 heartbeat_ttl_ms: int = 6000, reconnect_ivl_ms: int = 100,
-                 reconnect_ivl_max_ms: int = 2000,
-                 limits: wire.WireLimits = wire.WireLimits()) -> None:
-        if not insecure and (curve_keypair is None or server_public_key is None):
-            raise ValueError("a secure zmq client needs curve_keypair and server_public_key")
-        if insecure:
+    def __init__(self, cfg: ZmqClientConfig, agent_id: str) -> None:
+        self.config = cfg
+        if cfg.insecure:
             log.warning("zmq client to %s is INSECURE: plaintext, no authentication",
-                        endpoint)
-        self.endpoint, self.agent_id = endpoint, agent_id
-        self._keys, self._server_key, self._insecure = curve_keypair, server_public_key, insecure
-        self._hb = (heartbeat_ivl_ms, heartbeat_timeout_ms, heartbeat_ttl_ms)
-        self._reconnect = (reconnect_ivl_ms, reconnect_ivl_max_ms)
-        self._limits = limits
+                        cfg.endpoint)
+        self.endpoint, self.agent_id = cfg.endpoint, agent_id
+        self._keys = keys.load_curve_secret(cfg.secret_key) if cfg.secret_key else None
+        self._server_key = (keys.load_curve_public(cfg.server_public_key)
+                            if cfg.server_public_key else None)
+        self._insecure = cfg.insecure
+        self._hb = (cfg.heartbeat_ivl_ms, cfg.heartbeat_timeout_ms, cfg.heartbeat_ttl_ms)
+        self._reconnect = (cfg.reconnect_ivl_ms, cfg.reconnect_ivl_max_ms)
+        self._limits = cfg.limits
         self._pending = Pending()
         self._outbox: collections.deque[tuple[str | int, list]] = collections.deque()
         self._waker = Waker()
@@ -375,18 +365,6 @@ class ZmqClientLink(LinkState, ClientLink):
         if not self._started.wait(_START_TIMEOUT_S) or self._start_error is not None:
             self.close()
             raise self._start_error or RuntimeError("zmq client I/O thread did not start")
-
-    @classmethod
-    def from_config(cls, cfg: ZmqClientConfig, agent_id: str) -> ZmqClientLink:
-        pair = keys.load_curve_secret(cfg.secret_key) if cfg.secret_key else None
-        server = keys.load_curve_public(cfg.server_public_key) if cfg.server_public_key else None
-        return cls(cfg.endpoint, agent_id, curve_keypair=pair, server_public_key=server,
-                   insecure=cfg.insecure, heartbeat_ivl_ms=cfg.heartbeat_ivl_ms,
-                   heartbeat_timeout_ms=cfg.heartbeat_timeout_ms,
-                   heartbeat_ttl_ms=cfg.heartbeat_ttl_ms,
-                   reconnect_ivl_ms=cfg.reconnect_ivl_ms,
-                   reconnect_ivl_max_ms=cfg.reconnect_ivl_max_ms,
-                   limits=cfg.limits.to_limits())
 
     # -- ClientLink -------------------------------------------------------------------
 
@@ -404,6 +382,7 @@ class ZmqClientLink(LinkState, ClientLink):
         except Exception as e:
             self._pending.discard(request.request_id, e)
             return fut
+        request.wire_bytes = wire.wire_bytes(frames)
         self._outbox.append((request.request_id, frames))
         self._waker.wake()
         return fut
@@ -482,8 +461,8 @@ class ZmqClientLink(LinkState, ClientLink):
         try:
             while not self._closed.is_set():
                 nxt = self._pending.expire()
-                wait_ms = 500 if nxt is None else max(0, min(500, int((nxt - time.time())
-                                                                      * 1000) + 1))
+                wait_ms = 500 if nxt is None else max(0, min(500, int(
+                    (nxt - time.monotonic()) * 1000) + 1))
                 events = dict(poller.poll(wait_ms))
                 if mon in events:
                     self._on_monitor(mon)

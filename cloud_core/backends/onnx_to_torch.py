@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
+from contract.dtypes import UnknownDType, by_onnx
+
 __all__ = ["SUPPORTED_OPS", "OnnxTorchProgram", "UnsupportedOnnx"]
 
 
@@ -27,12 +29,12 @@ class UnsupportedOnnx(Exception):
     """The graph uses operators or attributes this interpreter does not implement."""
 
 
-_DTYPES = {
-    onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
-    onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.INT64: torch.int64,
-    onnx.TensorProto.INT32: torch.int32, onnx.TensorProto.INT8: torch.int8,
-    onnx.TensorProto.UINT8: torch.uint8, onnx.TensorProto.BOOL: torch.bool,
-}
+def _torch_dtype(onnx_type: int) -> torch.dtype:
+    """torch dtype of an ONNX element type, through the one dtype table."""
+    try:
+        return getattr(torch, by_onnx(onnx_type).name)
+    except UnknownDType as e:
+        raise UnsupportedOnnx(str(e)) from None
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -208,7 +210,7 @@ def _div(a, b):
 
 
 def _cast(x, to):
-    return x.to(_DTYPES[to])
+    return x.to(_torch_dtype(to))
 
 
 def _constant(value=None, value_float=None, value_floats=None, value_int=None,

@@ -20,6 +20,7 @@ from cloud_core.backends.base import Backend
 from cloud_core.errors import BackendError
 from cloud_core.triton_export import triton_model_name, triton_model_version
 from contract.bundle import Bundle, CutSpec
+from contract.dtypes import by_name
 
 __all__ = ["TritonBackend"]
 
@@ -79,12 +80,10 @@ class TritonBackend(Backend):
                  self._model, self._version, self._url)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from tritonclient.utils import np_to_triton_dtype
-
         reqs = []
         for name in self.input_names:
             arr = np.ascontiguousarray(inputs[name])
-            inp = self._mod.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
+            inp = self._mod.InferInput(name, list(arr.shape), by_name(arr.dtype.name).v2)
             inp.set_data_from_numpy(arr)
             reqs.append(inp)
         outs = [self._mod.InferRequestedOutput(n) for n in self.output_names]

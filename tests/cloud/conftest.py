@@ -14,6 +14,7 @@ import pytest
 
 from cloud_core import CloudCore
 from cloud_core.config import CloudConfig, parse_config
+from contract.deadline import Deadline
 from tiersplit.devtools import bundles as test_bundles
 from transport import keys
 from transport.messages import Reply, Request
@@ -86,7 +87,7 @@ def make_request(lv_or_bundle: Any, cut: str, tensors: dict[str, np.ndarray], *,
     b = getattr(lv_or_bundle, "bundle", lv_or_bundle)
     fields = {"request_id": f"r{next(_ids)}", "agent_id": "agent-1", "model": b.name,
               "version": b.version, "digest": b.digest, "cut": cut,
-              "deadline": time.time() + deadline_s, "tensors": tensors}
+              "deadline": Deadline.after_ms(deadline_s * 1e3), "tensors": tensors}
     fields.update(over)
     return Request(**fields)
 

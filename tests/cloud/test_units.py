@@ -25,13 +25,14 @@ from cloud_core.errors import (
 )
 from cloud_core.triton_export import export_triton, triton_model_name, triton_model_version
 from contract.bundle import Bundle
+from contract.deadline import Deadline
 from transport.messages import Status
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _q(*items: int, deadline: float = 1e12, t0: float = 100.0) -> deque[Entry]:
-    return deque(Entry(items=n, deadline=deadline, payload=i, enqueued=t0 + i)
+    return deque(Entry(items=n, deadline=Deadline(deadline), payload=i, enqueued=t0 + i)
                  for i, n in enumerate(items))
 
 
@@ -48,7 +49,8 @@ class TestTakeBatch:
         assert [e.payload for e in batch] == [0]
 
     def test_expired_entries_are_dropped_not_batched(self) -> None:
-        q = deque([Entry(1, 5.0, "old"), Entry(1, 50.0, "ok"), Entry(1, 4.0, "old2")])
+        q = deque([Entry(1, Deadline(5.0), "old"), Entry(1, Deadline(50.0), "ok"),
+                   Entry(1, Deadline(4.0), "old2")])
         batch, expired = take_batch(q, now=10.0, max_batch=8)
         assert [e.payload for e in batch] == ["ok"]
         assert [e.payload for e in expired] == ["old", "old2"]
@@ -155,7 +157,7 @@ class TestConfig:
         assert cfg.transports[0].secret_key == f.parent / "keys" / "c.key"
 
     def test_bad_yaml_and_missing_file(self, tmp_path: Path) -> None:
-        with pytest.raises(ConfigError, match="cannot read"):
+        with pytest.raises(ConfigError, match="cloud config not found"):
             load_config(tmp_path / "nope.yaml")
         (tmp_path / "bad.yaml").write_text("a: [")
         with pytest.raises(ConfigError, match="not valid YAML"):
@@ -200,7 +202,7 @@ class TestTritonExport:
         assert triton_model_version("v2") == 1
 
 
-def test_deadline_in_entries_is_wall_clock() -> None:
-    q = deque([Entry(1, time.time() - 1, "late")])
-    batch, expired = take_batch(q, now=time.time(), max_batch=4)
-    assert not batch and expired[0].payload == "late"
+def test_deadline_in_entries_is_monotonic() -> None:
+    q = deque([Entry(1, Deadline.after_ms(-1000), "late"), Entry(1, Deadline.after_ms(60e3), "ok")])
+    batch, expired = take_batch(q, now=time.monotonic(), max_batch=4)
+    assert [e.payload for e in batch] == ["ok"] and expired[0].payload == "late"

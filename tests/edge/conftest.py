@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.edge_bundle import BuiltBundle, build_bundle
+from tiersplit.devtools.bundles import BuiltBundle, build_edge_cnn, build_signed, text
 
 
 @pytest.fixture(scope="session")
@@ -23,9 +23,16 @@ def edge_bundle(tmp_path_factory: pytest.TempPathFactory) -> BuiltBundle:
         base = tmp_path_factory.mktemp("edge-bundle")
         keys = base / "keys"
         keys.mkdir()
-        return build_bundle(base / "repo", keys)
+        return build_edge_cnn(base / "repo", keys)
     finally:
         root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def text_bundle(tmp_path_factory: pytest.TempPathFactory) -> BuiltBundle:
+    """A tiny text classifier taking int64 ``input_ids`` and ``attention_mask``."""
+    base = tmp_path_factory.mktemp("text-bundle")
+    return build_signed(base / "repo", base / "keys", "text", "1", text(seed=2))
 
 
 def base_config(bundle: BuiltBundle, **overrides: Any) -> dict[str, Any]:

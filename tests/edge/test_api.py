@@ -1,6 +1,7 @@
 """The local KServe v2 API, driven by an unmodified tritonclient.http client and httpx.
 
-These agents have no cloud endpoint: every request runs on the device (path ``edge``).
+These agents have no cloud endpoint: every request runs on the device (path ``device``,
+cut ``edge``).
 The cloud paths are covered by test_integration.py."""
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import numpy as np
 import pytest
 
 from tests.edge.conftest import base_config
-from tests.support.edge_bundle import IN_SHAPE, INPUT, OUTPUT, reference
+from tiersplit.devtools.bundles import EDGE_CNN_INPUT as INPUT
+from tiersplit.devtools.bundles import EDGE_CNN_OUTPUT as OUTPUT
+from tiersplit.devtools.bundles import EDGE_CNN_SHAPE as IN_SHAPE
+from tiersplit.devtools.bundles import full_reference as reference
 
 httpclient = pytest.importorskip("tritonclient.http")
 
@@ -72,7 +76,7 @@ def test_infer_through_tritonclient(agent, edge_bundle, binary, compression) -> 
     resp = res.get_response()
     assert resp["id"] == "r-1" and resp["model_version"] == "1"
     params = resp["parameters"]
-    assert params["path"] == "edge" and params["cut"] == "edge"
+    assert params["path"] == "device" and params["cut"] == "edge"
     assert params["total_ms"] > 0 and params["local_ms"] > 0
 
 
@@ -92,10 +96,10 @@ def test_in_process_infer_handle(agent, edge_bundle) -> None:
     handle = agent.infer({INPUT: x})
     assert handle.request_id
     res = handle.result(timeout=30)
-    assert res.path == "edge" and res.endpoint is None
+    assert res.path == "device" and res.cut == "edge" and res.endpoint is None
     _close(res.outputs[OUTPUT], reference(edge_bundle.path, x))
     status = agent.status()
-    assert status["counts"]["edge"] >= 1
+    assert status["counts"]["device"] >= 1
     assert status["bundle"]["digest"] == agent.runtime.bundle.digest
 
 
@@ -208,7 +212,7 @@ def test_status_and_metrics(agent) -> None:
     _post(agent, _json_req([1, *IN_SHAPE], [0.0] * 3072))
     st = httpx.get(f"{agent.http_url}/status", timeout=10).json()
     assert st["bundle"]["model"] == "edge_cnn" and st["bundle"]["signed"] is True
-    assert st["current_cut"] == "edge" and st["counts"] == {"edge": 1}
+    assert st["current_cut"] == "edge" and st["counts"] == {"device": 1}
     assert set(st["policy"]["cuts"]) == {"cloud", "k2", "k4", "k6", "k8", "edge"}
     m = httpx.get(f"{agent.http_url}/metrics", timeout=10).text
     assert 'tiersplit_edge_requests_total{outcome="ok",path="edge"} 1.0' in m
@@ -236,6 +240,19 @@ def _infer_json(agent, params: dict) -> httpx.Response:
     return httpx.post(f"{agent.http_url}/v2/models/edge_cnn/infer", json=body, timeout=30)
 
 
+def test_time_budget_becomes_the_requests_deadline(agent) -> None:
+    """``timeout`` (µs, the protocol's) and ``deadline_ms`` set the deadline the answer is
+    judged by; a budget already spent still gets outputs, flagged late."""
+    late = _infer_json(agent, {"timeout": 1})
+    assert late.status_code == 200 and late.json()["parameters"]["deadline_missed"] is True
+    ok = _infer_json(agent, {"timeout": 1, "deadline_ms": 60_000})  # deadline_ms wins
+    assert ok.status_code == 200 and ok.json()["parameters"]["deadline_missed"] is False
+    for bad in ({"timeout": 0}, {"deadline_ms": -1}, {"deadline_ms": "soon"},
+                {"timeout": 10**400}):
+        r = _infer_json(agent, bad)
+        assert r.status_code == 400 and "must be a positive number" in r.text, bad
+
+
 def test_cut_override_refused_unless_enabled(agent) -> None:
     r = _infer_json(agent, {"tiersplit_cut": "edge"})
     assert r.status_code == 400 and "allow_cut_override" in r.text
@@ -246,6 +263,89 @@ def test_cut_override_forces_the_cut_when_enabled(edge_bundle, make_agent) -> No
     a = make_agent(base_config(edge_bundle, api={"port": 0, "allow_cut_override": True}))
     r = _infer_json(a, {"tiersplit_cut": "edge"})
     assert r.status_code == 200, r.text
-    assert r.json()["parameters"]["path"] == "edge"
+    assert r.json()["parameters"]["path"] == "device"
+    assert r.json()["parameters"]["cut"] == "edge"
     r = _infer_json(a, {"tiersplit_cut": "no-such-cut"})
     assert r.status_code == 400 and "no-such-cut" in r.text
+
+
+# ---- datatypes: one table (contract.dtypes), checked against the manifest ------------
+
+
+@pytest.mark.parametrize(("datatype", "dtype", "values"), [
+    ("INT64", "int64", [[1, 2, 3], [4, 5, -6]]),
+    ("INT32", "int32", [[7, 8, 9], [0, -1, 2]]),
+    ("BOOL", "bool", [[True, False, True], [False, False, True]]),
+    ("FP16", "float16", [[0.5, -1.25, 2.0], [3.5, 0.0, -0.125]]),
+])
+@pytest.mark.parametrize("binary", [False, True])
+def test_v2_decodes_each_datatype_the_manifest_declares(datatype, dtype, values,
+                                                        binary) -> None:
+    from contract.bundle import TensorSpec
+    from edge_agent.api import parse_infer_request
+
+    want = np.asarray(values, dtype=dtype)
+    spec = {"t": TensorSpec(name="t", shape=[-1, 3], dtype=dtype)}
+    entry = {"name": "t", "shape": [2, 3], "datatype": datatype}
+    if binary:
+        entry["parameters"] = {"binary_data_size": want.nbytes}
+        head = json.dumps({"inputs": [entry]}).encode()
+        req = parse_infer_request(head + want.tobytes(), len(head), specs=spec)
+    else:
+        entry["data"] = want.reshape(-1).tolist()
+        req = parse_infer_request(json.dumps({"inputs": [entry]}).encode(), None, specs=spec)
+    got = req.inputs["t"]
+    assert got.dtype == want.dtype and got.shape == (2, 3)
+    assert np.array_equal(got, want)
+    # the same tensor declared as another datatype: expected vs actual, both spellings
+    entry = {"name": "t", "shape": [2, 3], "datatype": "FP32", "data": [0.0] * 6}
+    if dtype != "float32":
+        with pytest.raises(Exception, match=rf"expected dtype {dtype} \({datatype}\), got "
+                                            r"float32 \(FP32\)"):
+            parse_infer_request(json.dumps({"inputs": [entry]}).encode(), None, specs=spec)
+
+
+@pytest.fixture
+def text_agent(text_bundle, make_agent):
+    return make_agent(base_config(text_bundle))
+
+
+def _text_inputs(batch: int = 2) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 32, size=(batch, 8)).astype(np.int64)
+    mask = np.ones((batch, 8), dtype=np.int64)
+    mask[:, 6:] = 0  # padding
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_text_model_takes_int64_ids_and_mask(text_agent, text_bundle) -> None:
+    """A model with ``input_ids`` + ``attention_mask`` (int64) served end to end, as JSON
+    and as binary tensors; a float tensor in their place is refused with both dtypes."""
+    import onnxruntime as ort
+
+    x = _text_inputs()
+    ref = ort.InferenceSession(str(text_bundle.path / "full.onnx"),
+                               providers=["CPUExecutionProvider"]).run(["y"], x)[0]
+    url = f"{text_agent.http_url}/v2/models/text/infer"
+    body = {"inputs": [{"name": k, "shape": list(v.shape), "datatype": "INT64",
+                        "data": v.reshape(-1).tolist()} for k, v in x.items()]}
+    r = httpx.post(url, json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    y = np.asarray(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(2, 4)
+    _close(y, ref)
+    head = json.dumps({"inputs": [
+        {"name": k, "shape": list(v.shape), "datatype": "INT64",
+         "parameters": {"binary_data_size": v.nbytes}} for k, v in x.items()]}).encode()
+    blob = b"".join(v.tobytes() for v in x.values())
+    r = httpx.post(url, content=head + blob,
+                   headers={"Inference-Header-Content-Length": str(len(head))}, timeout=30)
+    assert r.status_code == 200, r.text
+    _close(np.asarray(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(2, 4), ref)
+    meta = httpx.get(f"{text_agent.http_url}/v2/models/text", timeout=10).json()
+    assert [t["datatype"] for t in meta["inputs"]] == ["INT64", "INT64"]
+    body["inputs"][1]["datatype"] = "FP32"
+    r = httpx.post(url, json=body, timeout=30)
+    assert r.status_code == 400
+    assert "'attention_mask': expected dtype int64 (INT64), got float32 (FP32)" in \
+        r.json()["error"]
+    assert text_agent.status()["counts"] == {"device": 2}  # the refusal cost nothing

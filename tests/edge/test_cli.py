@@ -16,7 +16,9 @@ import pytest
 import yaml
 
 from tests.edge.conftest import base_config
-from tests.support.edge_bundle import IN_SHAPE, INPUT, OUTPUT
+from tiersplit.devtools.bundles import EDGE_CNN_INPUT as INPUT
+from tiersplit.devtools.bundles import EDGE_CNN_OUTPUT as OUTPUT
+from tiersplit.devtools.bundles import EDGE_CNN_SHAPE as IN_SHAPE
 
 
 def _edge(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -55,10 +57,10 @@ def test_run_serves_until_sigterm(edge_bundle, tmp_path) -> None:
         st = _edge("status", "--url", url, "--json")
         assert st.returncode == 0, st.stderr
         doc = json.loads(st.stdout)
-        assert doc["counts"] == {"edge": 1} and doc["bundle"]["version"] == "1"
+        assert doc["counts"] == {"device": 1} and doc["bundle"]["version"] == "1"
         table = _edge("status", "--url", url, env={**os.environ, "COLUMNS": "200"})
         assert table.returncode == 0 and "current cut" in table.stdout
-        assert "edge=1" in table.stdout
+        assert "device=1" in table.stdout
         os.kill(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err

@@ -21,7 +21,10 @@ from contract.bundle import EDGE_CUT
 from edge_agent import BundleRefused, EdgeAgent, parse_config
 from tests.edge.cloud_proc import Keyring, start_cloud
 from tests.edge.conftest import base_config
-from tests.support.edge_bundle import IN_SHAPE, INPUT, OUTPUT, reference
+from tiersplit.devtools.bundles import EDGE_CNN_INPUT as INPUT
+from tiersplit.devtools.bundles import EDGE_CNN_OUTPUT as OUTPUT
+from tiersplit.devtools.bundles import EDGE_CNN_SHAPE as IN_SHAPE
+from tiersplit.devtools.bundles import full_reference as reference
 from transport.linkemu import LinkEmulator, LinkProfile
 
 pytestmark = pytest.mark.integration
@@ -88,17 +91,17 @@ def test_tritonclient_through_agent_and_cloud(edge_bundle, ring, emulator, make_
             inp.set_data_from_numpy(x)
             res = client.infer("edge_cnn", [inp])
             params = res.get_response()["parameters"]
-            paths.append(params["path"])
+            paths.append((params["path"], params["cut"]))
             _close(res.as_numpy(OUTPUT), reference(edge_bundle.path, x))
-            if params["path"] not in (EDGE_CUT, "local"):
+            if params["path"] == "remote":
                 assert params["endpoint"] == "a" and params["remote_ms"] > 0
                 if cut is not None or i > 10:
                     break
             time.sleep(0.05)  # let the probes measure the link
     finally:
         client.close()
-    served = paths[-1]
-    assert served == (cut or served) and served not in (EDGE_CUT, "local"), paths
+    path, served = paths[-1]
+    assert path == "remote" and served == (cut or served) and served != EDGE_CUT, paths
     if cut is None:  # the policy found that a shallow cut beats the slow device
         assert DEPTH[served] < DEPTH[EDGE_CUT]
 
@@ -128,8 +131,9 @@ def test_cut_follows_the_emulated_bandwidth(edge_bundle, ring, emulator, make_ag
     assert DEPTH[fast] < DEPTH[slow] and DEPTH[back] < DEPTH[slow]
     m = httpx.get(f"{agent.http_url}/metrics", timeout=10).text
     assert f'tiersplit_edge_current_cut{{cut="{back}"}} 1.0' in m
-    counts = agent.status()["counts"]
-    assert counts.get(fast, 0) > 0 and counts.get(slow, 0) > 0
+    for served in (fast, slow):  # the requests metric labels the cut that served
+        assert f'tiersplit_edge_requests_total{{outcome="ok",path="{served}"}}' in m
+    assert agent.status()["counts"].get("remote", 0) > 0
 
 
 @pytest.mark.slow
@@ -190,13 +194,18 @@ def test_killing_cloud_cores_loses_no_request(tmp_path, edge_bundle, ring, make_
     for r in results:
         _close(r.outputs[OUTPUT], ref)
     paths = Counter(r.path for r in results)
-    assert paths["k2"] > 0 and paths["local"] + paths[EDGE_CUT] > 0, paths
+    assert paths["remote"] > 0 and paths["fallback"] + paths["device"] > 0, paths
+    assert all(r.cut == "k2" for r in results if r.path == "remote")
     assert any(r.endpoint == survivor for r in after_first), Counter(
         (r.path, r.endpoint) for r in after_first)
-    # no cloud left: on the device, as a fallback ("local") or by the policy ("edge")
-    assert all(r.path in ("local", EDGE_CUT) for r in results[n_kill2 + 10:])
+    # no cloud left: on the device, as a fallback or by the policy
+    assert all(r.path in ("fallback", "device") for r in results[n_kill2 + 10:])
     st = agent.status()
-    assert st["counts"].get("local", 0) == paths["local"]
+    assert st["counts"].get("fallback", 0) == paths["fallback"]
+    # every failed cloud attempt is in some request's records, and only those
+    failed = [a for r in results for a in r.attempts if not a.ok and not a.skipped]
+    assert len(failed) == sum(ep["failed"] for ep in st["endpoints"].values()), failed[:3]
+    assert all(a.cut == "k2" and a.endpoint in ("a", "b") for a in failed)
     assert st["endpoints"][first]["failed"] + st["endpoints"][survivor]["failed"] >= 1
 
 
@@ -272,10 +281,10 @@ def test_agent_over_mqtt_with_a_real_broker(tmp_path, edge_bundle, mosquitto_bro
         x = _x(2, seed=5)
         for _ in range(20):  # the first requests may race the cloud's subscription
             res = agent.infer({INPUT: x}).result(30)
-            if res.path == "k4":
+            if res.path == "remote":
                 break
             time.sleep(0.2)
-        assert res.path == "k4" and res.endpoint == "broker", res.attempts
+        assert (res.path, res.cut, res.endpoint) == ("remote", "k4", "broker"), res.attempts
         _close(res.outputs[OUTPUT], reference(edge_bundle.path, x))
     finally:
         cloud.stop()
@@ -315,14 +324,14 @@ def test_breaker_probes_a_restarted_core_back(tmp_path, edge_bundle, ring, make_
             pytest.fail(f"never reached the wanted path: {Counter(paths)} "
                         f"{agent.status()['endpoints']}")
 
-        drive(lambda p: p == "k4")
+        drive(lambda p: p == "remote")
         core.kill()
-        drive(lambda p: p in ("local", EDGE_CUT))
+        drive(lambda p: p in ("fallback", "device"))
         ep = agent.status()["endpoints"]["c"]
         assert ep["breaker"] != "closed" or not ep["connected"]
         core = start_cloud(tmp_path / "c2", edge_bundle.root, edge_bundle.public_key, ring,
                            "edge_cnn", name="c", transports=transports)
-        drive(lambda p: p == "k4")  # reconnected, probed back, served by the cloud again
+        drive(lambda p: p == "remote")  # reconnected, probed back, served by the cloud again
         assert agent.status()["endpoints"]["c"]["breaker"] == "closed"
     finally:
         core.kill()
@@ -357,8 +366,12 @@ def test_zoo_digits_split_equals_whole(tmp_path, digits_bundle, ring, make_agent
             agent = make_agent(cfg, serve_http=False)
             assert agent.wait_connected(15)
             res = agent.infer({inp: x}, deadline_ms=10_000).result(60)
-            assert res.path == cut, (cut, res.attempts)
+            path = "device" if cut == EDGE_CUT else "remote"
+            assert (res.path, res.cut) == (path, cut), (cut, res.attempts)
             y = res.outputs[out]
+            if path == "remote":  # raw codec: the link's own count covers every tensor byte
+                crossing = digits_bundle.manifest.cut(cut).bytes * len(x)
+                assert res.bytes_sent >= crossing, (cut, res.bytes_sent, crossing)
             agree = float((y.argmax(1) == ref.argmax(1)).mean())
             spec = digits_bundle.manifest.cut(cut)
             floor = min(0.97, (spec.accuracy.top1_agreement or 1.0) - 0.02)
@@ -390,7 +403,11 @@ def test_placement_prior_guides_the_first_requests(tmp_path, edge_bundle, ring, 
     agent = make_agent(cfg, serve_http=False)
     assert agent.wait_connected(15)
     res = agent.infer({INPUT: _x()}).result(30)
-    assert res.path == "k6"
+    assert (res.path, res.cut) == ("remote", "k6")
+    # the request's one attempt, as the record the runner returned
+    (attempt,) = res.attempts
+    assert (attempt.endpoint, attempt.cut, attempt.outcome) == ("a", "k6", "ok")
+    assert attempt.bytes == res.bytes_sent > 0 and attempt.timings["remote"] > 0
     assert agent.status()["policy"]["last_choice"]["reason"] == "prior"
     for bad in (tmp_path / "missing.yaml", tmp_path / "garbage.yaml"):
         if bad.name == "garbage.yaml":

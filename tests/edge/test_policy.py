@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.client import BreakerState, CircuitBreaker
+from edge_agent.breaker import BreakerState, CircuitBreaker
 from edge_agent.config import PolicyConfig
-from edge_agent.policy import CutInfo, EndpointInfo, LinkEstimator, Policy, RobustEwma
+from edge_agent.cuts import CutInfo
+from edge_agent.endpoints import EndpointInfo, region_allowed, resident
+from edge_agent.estimators import OVERLOAD_HOLD_S, LinkEstimator, RobustEwma
+from edge_agent.filters import LatestSample
+from edge_agent.policy import Policy
 
 # A chain where deeper cuts cost more edge time and send fewer bytes (per sample).
 CUTS = [
@@ -39,16 +43,16 @@ def make_policy(endpoints=(EndpointInfo("a", "eu"),), clock=None, **cfg) -> Poli
     pol = Policy(CUTS, list(endpoints), PolicyConfig(**cfg), codec="int8",
                  allowed_regions=allowed, clock=clock or Clock())
     for cut, ms in HEAD_MS.items():
-        pol.observe_head(cut, ms)
+        pol.estimates.observe_head(cut, ms)
     return pol
 
 
 def feed_link(pol: Policy, endpoint: str, up_Bps: float, rtt_ms: float, n: int = 8) -> None:
     """Pings as a real link with this bandwidth and RTT would answer them."""
     for _ in range(n):
-        pol.observe_ping(endpoint, 0, rtt_ms)
-        size = pol.probe_bytes(endpoint)
-        pol.observe_ping(endpoint, size, rtt_ms + size / up_Bps * 1e3)
+        pol.estimates.observe_ping(endpoint, 0, rtt_ms)
+        size = pol.estimates.probe_bytes(endpoint)
+        pol.estimates.observe_ping(endpoint, size, rtt_ms + size / up_Bps * 1e3)
 
 
 def depth(cut_id: str) -> int:
@@ -94,9 +98,19 @@ def test_data_residency_never_uses_a_foreign_endpoint() -> None:
         assert "abroad" not in choice.endpoints
     assert "abroad" not in pol.snapshot()["endpoints"]
     # home down: local execution, still never abroad
-    pol.set_available("home", False)
+    pol.estimates.set_available("home", False)
     choice = pol.decide()
     assert choice.cut_id == "edge" and choice.endpoints == ()
+
+
+def test_one_residency_rule_for_config_policy_and_agent() -> None:
+    """The config, the policy and the agent's connection step all use ``resident``."""
+    eps = [EndpointInfo("home", "eu"), EndpointInfo("abroad", "us"), EndpointInfo("x", "eu")]
+    assert [e.name for e in resident(eps, ["eu"])] == ["home", "x"]
+    assert resident(eps, None) == eps and resident(eps, []) == []
+    assert region_allowed("us", None) and not region_allowed("us", ("eu",))
+    pol = make_policy(endpoints=eps, allowed=["eu"])
+    assert pol.resident == ["home", "x"] and set(pol.estimates.clouds) == {"home", "x"}
 
 
 def test_endpoint_order_is_by_predicted_latency() -> None:
@@ -105,7 +119,7 @@ def test_endpoint_order_is_by_predicted_latency() -> None:
     feed_link(pol, "slow", 2e6, rtt_ms=15)
     feed_link(pol, "fast", 2e6, rtt_ms=3)
     assert pol.decide().endpoints == ("fast", "slow")
-    pol.set_available("fast", False)
+    pol.estimates.set_available("fast", False)
     assert pol.decide().endpoints == ("slow",)
 
 
@@ -124,8 +138,9 @@ def test_exploration_refreshes_other_cuts_within_bounds() -> None:
             explored.append(ch.cut_id)
             assert ch.cut_id != top.cut_id
             assert ch.predicted_ms <= top.predicted_ms * 3.0 + 1e-9
-            pol.observe_reply("a", ch.cut_id, up_bytes=1000, down_bytes=40, elapsed_ms=20,
-                              queue_ms=0.0, compute_ms=1.0, solo=False)
+            pol.estimates.observe_reply("a", ch.cut_id, up_bytes=1000, down_bytes=40,
+                                        elapsed_ms=20, queue_ms=0.0, compute_ms=1.0,
+                                        solo=False)
         else:
             assert ch.cut_id == top.cut_id
     assert 40 <= len(explored) <= 140  # ~30% of 300
@@ -138,8 +153,8 @@ def test_cloud_queue_feedback_moves_work_to_the_edge() -> None:
     feed_link(pol, "a", 100 * 125_000, rtt_ms=4)
     assert pol.decide().cut_id == "k2"
     for _ in range(10):  # the cloud reports long queues
-        pol.observe_reply("a", "k2", up_bytes=16_000, down_bytes=40, elapsed_ms=200,
-                          queue_ms=180.0, compute_ms=1.0, solo=False)
+        pol.estimates.observe_reply("a", "k2", up_bytes=16_000, down_bytes=40,
+                                    elapsed_ms=200, queue_ms=180.0, compute_ms=1.0, solo=False)
     assert pol.decide().cut_id == "edge"
 
 
@@ -148,7 +163,7 @@ def test_fixed_cut_bypasses_the_optimizer() -> None:
     feed_link(pol, "a", 1e10, rtt_ms=1)
     ch = pol.decide()
     assert (ch.cut_id, ch.reason, ch.endpoints) == ("k6", "fixed", ("a",))
-    pol.set_available("a", False)
+    pol.estimates.set_available("a", False)
     assert pol.decide().cut_id == "edge"
     assert make_policy(fixed_cut="edge").decide().cut_id == "edge"
     with pytest.raises(ValueError, match="not a cut"):
@@ -201,7 +216,7 @@ def test_prior_is_followed_until_measurements_arrive() -> None:
     pol = Policy(CUTS, [EndpointInfo("a")], PolicyConfig(explore_fraction=0.0),
                  codec="int8", prior=lambda up, rtt: "k6")
     for cut, ms in HEAD_MS.items():
-        pol.observe_head(cut, ms)
+        pol.estimates.observe_head(cut, ms)
     assert pol.decide().reason == "prior"
     assert pol.decide().cut_id == "k6"
     feed_link(pol, "a", 100 * 125_000, rtt_ms=4)
@@ -244,18 +259,19 @@ def test_shared_transfers_bound_the_bandwidth_under_concurrency() -> None:
     pol = make_policy()
     feed_link(pol, "a", 100 * 125_000, rtt_ms=4)
     assert pol.decide().cut_id == "k2"
-    fast = pol._clouds["a"].link.up_Bps
+    fast = pol.estimates.clouds["a"].link.up_Bps
     for _ in range(20):  # 16 kB each, 16 kB ahead, on a 1 Mbit/s link: ~260 ms
-        pol.observe_reply("a", "k2", up_bytes=16_000, down_bytes=40, elapsed_ms=4 + 260,
-                          queue_ms=0.0, compute_ms=1.0, solo=False, ahead_bytes=16_000)
-    slow = pol._clouds["a"].link.up_Bps
+        pol.estimates.observe_reply("a", "k2", up_bytes=16_000, down_bytes=40,
+                                    elapsed_ms=4 + 260, queue_ms=0.0, compute_ms=1.0,
+                                    solo=False, ahead_bytes=16_000)
+    slow = pol.estimates.clouds["a"].link.up_Bps
     assert slow <= 32_000 / 0.259 * 1.25 < fast / 10  # near the bound (EWMA converging)
     assert depth(pol.decide().cut_id) > depth("k2")
     # unknown bytes ahead: no bound, no change
-    before = pol._clouds["a"].link.up_Bps
-    pol.observe_reply("a", "k2", up_bytes=16_000, down_bytes=40, elapsed_ms=900,
-                      queue_ms=0.0, compute_ms=1.0, solo=False)
-    assert pol._clouds["a"].link.up_Bps == before
+    before = pol.estimates.clouds["a"].link.up_Bps
+    pol.estimates.observe_reply("a", "k2", up_bytes=16_000, down_bytes=40, elapsed_ms=900,
+                                queue_ms=0.0, compute_ms=1.0, solo=False)
+    assert pol.estimates.clouds["a"].link.up_Bps == before
 
 
 def test_overloaded_replies_charge_the_queue_not_the_tail() -> None:
@@ -263,24 +279,153 @@ def test_overloaded_replies_charge_the_queue_not_the_tail() -> None:
     feed_link(pol, "a", 100 * 125_000, rtt_ms=4)
     assert pol.decide().cut_id == "k2"
     for _ in range(5):
-        pol.observe_overload("a", elapsed_ms=5.0)
+        pol.estimates.observe_overload("a", 5.0, floor_ms=pol.edge_ms())
     assert pol.decide().cut_id == "edge"
 
 
 def test_pongs_do_not_undo_an_overload_before_the_hold() -> None:
     """An idle cloud's pong (queue 0) right after OVERLOADED replies would send the agent
     straight back into the refusals; it counts only once the hold has passed."""
-    from edge_agent.policy import OVERLOAD_HOLD_S
-
     clock = Clock()
     pol = make_policy(clock=clock)
     feed_link(pol, "a", 100 * 125_000, rtt_ms=4)
     for _ in range(5):
-        pol.observe_overload("a", elapsed_ms=5.0)
+        pol.estimates.observe_overload("a", 5.0, floor_ms=pol.edge_ms())
     for _ in range(10):
-        pol.observe_ping("a", 0, 4.0, queue_ms=0.0)
+        pol.estimates.observe_ping("a", 0, 4.0, queue_ms=0.0)
     assert pol.decide().cut_id == "edge"
     clock.t += OVERLOAD_HOLD_S
     for _ in range(10):
-        pol.observe_ping("a", 0, 4.0, queue_ms=0.0)
+        pol.estimates.observe_ping("a", 0, 4.0, queue_ms=0.0)
     assert pol.decide().cut_id == "k2"
+
+
+def test_change_detection_follows_a_confirmed_change_and_ignores_one_outlier() -> None:
+    est = RobustEwma(alpha=0.3, window=5, band=2.0, confirm=2)
+    for _ in range(10):
+        est.update(1.0)
+    est.update(10.0)  # one outlier, 10x: held back
+    assert est.value == pytest.approx(1.0) and est.pending == 1
+    est.update(1.0)  # back in band: the outlier is forgotten
+    assert est.value == pytest.approx(1.0) and est.pending == 0
+    est.update(100.0)
+    est.update(100.0)  # two in a row on one side: a change, followed at once
+    assert est.value == pytest.approx(100.0) and est.changes == 1
+    est.update(0.01)
+    est.update(200.0)  # opposite sides: no confirmation
+    assert est.value == pytest.approx(100.0)
+    for _ in range(5):  # in-band noise is smoothed as before
+        est.update(150.0)
+    assert 100.0 < est.value < 150.0
+    latest = LatestSample()
+    for v in (1.0, 10.0, 1.0):
+        latest.update(v)
+        assert latest.value == v
+
+
+def _reply(pol: Policy, cut: str, up_Bps: float, rtt_ms: float = 4.0) -> None:
+    """A solo request at ``cut`` over a link of ``up_Bps``, as the runner reports it."""
+    nbytes = next(c.int8_bytes for c in CUTS if c.cut_id == cut)
+    pol.estimates.observe_reply("a", cut, up_bytes=nbytes, down_bytes=40,
+                                elapsed_ms=rtt_ms + nbytes / up_Bps * 1e3 + 1.0,
+                                queue_ms=0.0, compute_ms=1.0)
+
+
+def requests_to_move(estimator: str, factor: float) -> int:
+    """Requests served after the bandwidth drops ``factor``x until the cut moves."""
+    pol = make_policy(estimator=estimator)
+    feed_link(pol, "a", 20 * 125_000, rtt_ms=4)
+    for _ in range(20):
+        cut = pol.decide().cut_id
+        _reply(pol, cut, 20 * 125_000)
+    start = pol.decide().cut_id
+    for n in range(1, 100):
+        _reply(pol, start, 20 * 125_000 / factor)
+        if pol.decide().cut_id != start:
+            return n + 1  # the request that decided differently is the n+1-th
+    return 100
+
+
+def test_policy_moves_within_three_requests_of_a_10x_drop() -> None:
+    """The cut moves at the third request after a 10x drop (two confirm the change);
+    the old median-then-EWMA filter needed far more; a single outlier moves nothing."""
+    assert requests_to_move("robust", 10) <= 3
+    assert requests_to_move("latest", 10) <= 2
+    pol = make_policy()
+    feed_link(pol, "a", 20 * 125_000, rtt_ms=4)
+    start = pol.decide().cut_id
+    _reply(pol, start, 2 * 125_000)  # one request 10x slow
+    assert pol.decide().cut_id == start
+    _reply(pol, start, 20 * 125_000)
+    assert pol.decide().cut_id == start
+
+
+def test_an_overdue_transfer_moves_concurrent_decisions_before_it_ends() -> None:
+    clock = Clock()
+    pol = make_policy(clock=clock)
+    feed_link(pol, "a", 100 * 125_000, rtt_ms=4)
+    assert pol.decide().cut_id == "k2"
+    token = pol.estimates.begin_transfer("a", 16_000)  # predicted ~5 ms
+    clock.t += 0.004
+    assert pol.decide().cut_id == "k2"  # on time: no evidence
+    clock.t += 0.5  # 100x its prediction and still no reply: the link is slow
+    cap = pol.estimates.overdue_cap("a")
+    assert cap is not None and cap < 16_000 / 0.49
+    assert depth(pol.decide().cut_id) > depth("k2")
+    assert pol.snapshot()["endpoints"]["a"]["overdue_cap_Bps"] == pytest.approx(cap, rel=1e-3)
+    pol.estimates.end_transfer(token)
+    assert pol.estimates.overdue_cap("a") is None
+    assert pol.decide().cut_id == "k2"  # the evidence leaves with the transfer
+
+
+def test_risk_stated_privacy_floor_bars_audited_cuts() -> None:
+    from contract.privacy import CutVerdict
+
+    verdicts = {"cloud": CutVerdict("cloud", False, "audited ssim 0.990 > 0.3"),
+                "k2": CutVerdict("k2", False, "audited ssim 0.800 > 0.3"),
+                "k4": CutVerdict("k4", True, "within the floor"),
+                "k6": CutVerdict("k6", True, "within the floor")}
+    pol = Policy(CUTS, [EndpointInfo("a")],
+                 PolicyConfig(privacy_floor={"max_reconstruction": 0.3},
+                              explore_fraction=0.0), codec="int8", privacy=verdicts)
+    for cut, ms in HEAD_MS.items():
+        pol.estimates.observe_head(cut, ms)
+    feed_link(pol, "a", 1e10, rtt_ms=1)
+    assert pol.decide().cut_id == "k4"
+    snap = pol.snapshot()
+    assert snap["privacy_barred"] == {"cloud": "audited ssim 0.990 > 0.3",
+                                      "k2": "audited ssim 0.800 > 0.3"}
+    assert snap["privacy_floor"] == "reconstruction <= 0.3"
+    # without the manifest's verdicts a risk bound cannot be checked: nothing is sent
+    blind = make_policy(privacy_floor={"max_reconstruction": 0.3})
+    feed_link(blind, "a", 1e10, rtt_ms=1)
+    assert blind.decide().cut_id == "edge"
+    assert "no privacy audit" in blind.snapshot()["privacy_barred"]["k4"]
+
+
+def test_cascade_scores_and_hooks() -> None:
+    import numpy as np
+
+    from edge_agent.cascade import Cascade
+    from edge_agent.config import CascadeConfig
+    from edge_agent.errors import ConfigError
+
+    sure = {"y": np.array([[8.0, 0.0, 0.0]]), "aux": np.zeros((1, 2))}
+    unsure = {"y": np.array([[1.0, 1.0, 0.0]]), "aux": np.zeros((1, 2))}
+    c = Cascade(CascadeConfig(enabled=True, threshold=0.9), ["y", "aux"])
+    assert c.accepts(sure)[0] and not c.accepts(unsure)[0]
+    batch = {"y": np.concatenate([sure["y"], unsure["y"]])}  # answered as one
+    ok, score = c.accepts(batch)
+    assert not ok and score == pytest.approx(np.e / (2 * np.e + 1))
+    margin = Cascade(CascadeConfig(enabled=True, threshold=0.5, kind="margin"), ["y"])
+    assert margin.accepts(sure)[0] and not margin.accepts(unsure)[0]
+    # a hook whose scores have the wrong shape never fails the request: split, counted
+    bad = Cascade(CascadeConfig(enabled=True, threshold=0.0, kind="numpy:exp"), ["y"])
+    assert bad.accepts(sure) == (False, None) and bad.errors == 1
+    good = Cascade(CascadeConfig(enabled=True, threshold=7.0, kind="numpy:amax",
+                                 output="y"), ["aux", "y"])
+    assert good.accepts(sure) == (True, 8.0)
+    with pytest.raises(ConfigError, match="cannot load"):
+        Cascade(CascadeConfig(enabled=True, kind="no_such_module_x:fn"), ["y"])
+    with pytest.raises(ConfigError, match="not an output"):
+        Cascade(CascadeConfig(enabled=True, output="z"), ["y"])

@@ -133,7 +133,9 @@ def test_signed_partition_verify_inspect(tmp_path: Path) -> None:
     path = out / "digits" / "7"
     assert "k" in r.stdout and "signed" in r.stdout
     m = Bundle.load(path, load_ed25519_public(public)).manifest
-    assert m.quantization.calibration == "calib.npz" and m.quantization.calibration_samples == 32
+    q = m.quantization  # a quarter of the given samples is held back for accuracy
+    assert q.calibration == "calib.npz" and q.calibration_samples == 24
+    assert q.evaluation == "held back from calib.npz" and q.evaluation_samples == 8
     r = _invoke("verify", path, "--public-key", public)
     assert r.exit_code == 0, r.output
     assert "signature valid" in r.stdout and "FAIL" not in r.stdout

@@ -10,17 +10,24 @@ from partitioner.errors import UnknownModel
 
 
 def test_names_and_lookup() -> None:
-    assert zoo.names() == ["digits_cnn", "resnet_like", "mobilenet_like", "transformer_encoder"]
+    assert zoo.names("small") == ["digits_cnn", "resnet_like", "mobilenet_like",
+                                  "transformer_encoder", "bert_tiny"]
+    assert zoo.names("real") == ["resnet50", "mobilenet_v2", "bert_base", "detector"]
     with pytest.raises(UnknownModel, match="known: digits_cnn"):
         zoo.get("resnet_big")
 
 
 @pytest.mark.parametrize("name", zoo.names())
-def test_example_inputs_are_float32_and_seeded(name: str) -> None:
+def test_example_inputs_respect_dtype_and_are_seeded(name: str) -> None:
     m = zoo.get(name)
     a, b, c = m.example_inputs(3, seed=0), m.example_inputs(3, seed=0), m.example_inputs(3, 1)
     assert [x.shape for x in a] == [(3, *s[1:]) for s in m.input_shapes]
-    assert all(x.dtype == np.float32 for x in a)
+    assert [x.dtype.name for x in a] == [d.dtype for d in m.decls()]
+    for d, x in zip(m.decls(), a, strict=True):
+        if "ids" in d.name:
+            assert x.min() >= 0 and x.max() < m.vocab
+        if "mask" in d.name:
+            assert set(np.unique(x)) <= {0, 1} and (x[:, 0] == 1).all()
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
 

@@ -38,3 +38,36 @@ def make() -> nn.Module:
 
 def broken() -> nn.Module:
     raise RuntimeError("weights file missing")
+
+
+class TinyText(nn.Module):
+    """Token ids + attention mask -> masked mean of a two-layer MLP over embeddings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(100, 16)
+        self.ff = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+        self.out = nn.Linear(16, 8)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.emb(input_ids)
+        x = x + self.ff(x)
+        m = attention_mask.unsqueeze(-1).to(x.dtype)
+        return self.out((x * m).sum(1) / m.sum(1).clamp(min=1.0))
+
+
+def text() -> nn.Module:
+    torch.manual_seed(6)
+    return TinyText().eval()
+
+
+def raising_metric(reference, actual) -> float:
+    raise ZeroDivisionError("metric bug")
+
+
+def mean_cosine(reference, actual) -> float:
+    import numpy as np
+
+    r, a = reference[0], actual[0]
+    return float(((r * a).sum(1) / (np.linalg.norm(r, axis=1) * np.linalg.norm(a, axis=1))
+                  ).mean())

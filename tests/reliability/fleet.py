@@ -38,6 +38,7 @@ __all__ = [
     "cloud_doc",
     "cosine",
     "delta",
+    "finished",
     "start_cloud",
     "wait_until",
 ]
@@ -51,6 +52,13 @@ def wait_until(pred: Callable[[], bool], timeout: float, step: float = 0.05) -> 
             return True
         time.sleep(step)
     return bool(pred())
+
+
+def finished(counts: dict[str, int]) -> int:
+    """Requests an agent's ``/status`` counts as finished: one per request, by path
+    (``remote``, ``device``, ``fallback``) or ``error``; the finer keys it also reports
+    (``fallback_<kind>``, ``cascade_<kind>``) break those down and are not added."""
+    return sum(counts.get(k, 0) for k in ("remote", "device", "fallback", "error"))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -14,7 +14,8 @@ from concurrent.futures import Future
 import pytest
 import zmq
 
-from contract.bundle import EDGE_CUT, Bundle
+from contract.bundle import Bundle
+from contract.deadline import Deadline
 from tests.reliability.conftest import MODEL_A
 from tests.reliability.fleet import (
     Ledger,
@@ -38,11 +39,11 @@ def _bundle(repo) -> Bundle:
 
 def _request(b: Bundle, rid: str, x) -> Request:
     return Request(request_id=rid, agent_id="", model=b.name, version=b.version,
-                   digest=b.digest, cut="cloud", deadline=time.time() + 5, tensors=x)
+                   digest=b.digest, cut="cloud", deadline=Deadline.after_ms(5_000), tensors=x)
 
 
 def _link(c, fleet, agent_id: str, server_public=None) -> ZmqClientLink:
-    return ZmqClientLink.from_config(ZmqClientConfig(
+    return ZmqClientLink(ZmqClientConfig(
         endpoint=c.zmq, secret_key=fleet.secret(agent_id),
         server_public_key=server_public or fleet.cloud_public, heartbeat_ivl_ms=200,
         heartbeat_timeout_ms=800, heartbeat_ttl_ms=1600), agent_id)
@@ -123,7 +124,7 @@ def test_unknown_key_and_wrong_server_key_get_no_compute(tmp_path, repo, samples
         ledger.send(rid)
         res = agent.infer(samples.inputs[i % 4], request_id=rid).result(60)
         samples.checker()(i % 4, res)
-        assert res.endpoint is None and res.path in ("local", EDGE_CUT)
+        assert res.endpoint is None and res.path in ("fallback", "device")
         ledger.result(rid, res)
 
     ledger.settle(errors_allowed=True)

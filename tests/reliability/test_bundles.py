@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,8 @@ from cloud_core import Repository
 from cloud_core.backends import make_backend_factory
 from cloud_core.config import BackendConfig
 from cloud_core.errors import RepositoryError
-from contract.bundle import EDGE_CUT, MANIFEST, SIGNATURE, Bundle
+from contract.bundle import MANIFEST, SIGNATURE, Bundle
+from contract.deadline import Deadline
 from edge_agent import BundleRefused
 from edge_agent.runtime import load_edge_bundle
 from tests.reliability.conftest import MODEL_A, OUTPUT
@@ -148,7 +148,7 @@ def test_cloud_serve_and_admin_load_refuse_tampered_bundles(tmp_path, repo, flee
 
 
 def _link(c, fleet) -> ZmqClientLink:
-    link = ZmqClientLink.from_config(ZmqClientConfig(
+    link = ZmqClientLink(ZmqClientConfig(
         endpoint=c.zmq, secret_key=fleet.secret("a0"), server_public_key=fleet.cloud_public),
         "a0")
     assert link.wait_connected(10)
@@ -176,7 +176,7 @@ def test_versions_never_mix_and_stale_digest_gets_an_error(tmp_path, repo, sampl
             meta[rid] = (b.digest, i % 4)
             futs[rid] = link.submit(Request(
                 request_id=rid, agent_id="a0", model=b.name, version=b.version,
-                digest=b.digest, cut="cloud", deadline=time.time() + 30,
+                digest=b.digest, cut="cloud", deadline=Deadline.after_ms(30_000),
                 tensors=samples.inputs[i % 4]))
         for rid, fut in futs.items():
             rep = fut.result(60)
@@ -236,7 +236,7 @@ def test_agent_on_an_old_version_finishes_locally_never_with_new_outputs(
         res = agent.infer(samples.inputs[i % 4], request_id=rid).result(60)
         check(i % 4, res)
         assert cosine(res.outputs[OUTPUT], samples.refs[(MODEL_A, "2")][i % 4]) < 0.99
-        assert res.path in ("local", EDGE_CUT) and res.endpoint is None
+        assert res.path in ("fallback", "device") and res.endpoint is None
         ledger.result(rid, res)
     ledger.settle()
     assert c.backend_work() == work0

@@ -76,7 +76,7 @@ def cases(draw: st.DrawFn, b1: Bundle, v2_digest: str) -> Case:
     batch = draw(st.integers(1, 3))
     dtype = "float32"
     model, version, digest = b1.name, b1.version, b1.digest
-    deadline: Any = time.time() + 60
+    budget_ms: Any = 60_000.0
     full = [batch, *shape]
     reason: str | None = None
     data: bytes | None = None
@@ -114,7 +114,7 @@ def cases(draw: st.DrawFn, b1: Bundle, v2_digest: str) -> Case:
         full = [draw(st.integers(MAX_BATCH + 1, MAX_BATCH + 4)), *shape]
         reason = "batch"
     elif kind == "past_deadline":
-        deadline = time.time() - draw(st.floats(0.5, 1e6))
+        budget_ms = -draw(st.floats(0.0, 1e9))
         reason = "deadline"
     elif kind == "huge_decl":  # declares terabytes, sends a few bytes
         full = [draw(st.integers(1, 1 << 20)), *(draw(st.integers(1 << 10, 1 << 20))
@@ -129,7 +129,7 @@ def cases(draw: st.DrawFn, b1: Bundle, v2_digest: str) -> Case:
     elif kind == "bad_codec":
         extra["c"] = draw(_text.filter(lambda s: s != "raw"))
     elif kind == "non_finite":
-        deadline = draw(st.sampled_from([float("nan"), float("inf"), float("-inf")]))
+        budget_ms = draw(st.sampled_from([float("nan"), float("inf"), float("-inf")]))
     if data is None and kind not in ("bad_dtype_str",):
         n = int(np.prod(full))
         seed = draw(st.integers(0, 2**32 - 1))
@@ -137,14 +137,14 @@ def cases(draw: st.DrawFn, b1: Bundle, v2_digest: str) -> Case:
         data = arr.astype(dtype).tobytes()
     desc = {"n": tname, "d": dtype, "s": full, "c": "raw", **extra}
     header: dict[str, Any] = {"id": rid, "agent": "a0", "model": model, "version": version,
-                              "digest": digest, "cut": cut, "deadline": deadline,
-                              "codec": "raw", "sent_at": time.time(), "t": [desc]}
+                              "digest": digest, "cut": cut, "budget_ms": budget_ms,
+                              "codec": "raw", "t": [desc]}
     frames = [b"", data or b""]
     if kind == "header_types":  # a value of a type the field can never have
         field = draw(st.sampled_from(sorted(header)))
         wrong = [st.none(), st.booleans(), st.lists(st.integers(), max_size=3),
                  st.dictionaries(_text, _text, max_size=2)]
-        wrong.append(_text if field in ("deadline", "sent_at") else st.integers())
+        wrong.append(_text if field == "budget_ms" else st.integers())
         header[field] = draw(st.one_of(*wrong))
     frames[0] = _head(1, header)  # json.dumps writes NaN/Infinity for "non_finite"
     if kind == "bad_json":

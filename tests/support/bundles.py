@@ -7,42 +7,22 @@ load several models and versions from the same root. ``max_cuts`` counts the "cl
 
 If the same (model, version) is asked for with a different ``max_cuts``, that bundle gets
 the version ``<version>-k<max_cuts>`` (bundles are immutable: one directory cannot hold
-both); ``BuiltBundle.version`` says which.
+both); ``BuiltBundle.version`` says which. ``BuiltBundle`` is the one record of
+:mod:`tiersplit.devtools.bundles`, which also builds the small hand-made bundles.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
-from contract.bundle import Manifest
+from tiersplit.devtools.bundles import BuiltBundle, load_built
 
-
-@dataclass(frozen=True)
-class BuiltBundle:
-    """A partitioned, signed zoo bundle.
-
-    Attributes:
-        path: the bundle directory ``root/<name>/<version>``.
-        root: the repository root holding every session bundle.
-        public_key / secret_key: the Ed25519 key files it was signed with.
-        name / version: as in the manifest.
-        manifest: the parsed manifest (cut ids, tensor specs...).
-    """
-
-    path: Path
-    root: Path
-    public_key: Path
-    secret_key: Path
-    name: str
-    version: str
-    manifest: Manifest
-
+__all__ = ["BuiltBundle", "BundleFactory", "bundle_factory", "bundle_root",
+           "bundle_signing_keys", "digits_bundle"]
 
 BundleFactory = Callable[..., BuiltBundle]
 
@@ -64,7 +44,6 @@ def bundle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def bundle_factory(bundle_root: Path, bundle_signing_keys: tuple[Path, Path]) -> BundleFactory:
     """``(model="digits_cnn", version="1", max_cuts=4) -> BuiltBundle``, cached per session."""
-    from contract.bundle import MANIFEST
     from partitioner import partition
 
     secret, public = bundle_signing_keys
@@ -84,10 +63,7 @@ def bundle_factory(bundle_root: Path, bundle_signing_keys: tuple[Path, Path]) ->
                              version=actual_version, max_cuts=max_cuts, signing_key=secret,
                              progress=False)
             taken.setdefault((model, version), max_cuts)
-            manifest = Manifest.model_validate(yaml.safe_load((path / MANIFEST).read_bytes()))
-            built[key] = BuiltBundle(path=path, root=bundle_root, public_key=public,
-                                     secret_key=secret, name=model, version=actual_version,
-                                     manifest=manifest)
+            built[key] = load_built(path, bundle_root, secret, public)
             return built[key]
 
     return make

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 import transport
+from contract.deadline import Deadline
 from transport import keys
 from transport.base import ClientLink, Responder, ServerLink
 from transport.config import (
@@ -72,7 +72,8 @@ class RecordingHandler:
 def make_request(rid: str, tensors: dict[str, np.ndarray], codec: str = "raw",
                  timeout: float = 10.0) -> Request:
     return Request(request_id=rid, agent_id="claimed", model="m", version="1", digest="d" * 64,
-                   cut="c1", deadline=time.time() + timeout, tensors=tensors, codec=codec)
+                   cut="c1", deadline=Deadline.after_ms(timeout * 1e3), tensors=tensors,
+                   codec=codec)
 
 
 class LinkEnv:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transport import aead
-from transport.errors import AuthError, ReplayError
+from transport.errors import AuthError, ClockSkewError, ReplayError
 
 
 class Clock:
@@ -90,6 +90,46 @@ def test_clock_skew_refused(pair) -> None:  # type: ignore[no-untyped-def]
     fresh = aead.Opener(key, "a1", "req", aead.ReplayWindow(64, 60.0, clock=clock))
     with pytest.raises(ReplayError, match="skew"):
         fresh.open(env)
+
+
+@pytest.mark.parametrize("offset_s", [30.0, -30.0])
+def test_a_device_30_s_off_works_within_the_default_skew(pair, offset_s: float) -> None:  # type: ignore[no-untyped-def]
+    """The chosen behaviour for skewed devices: stamps within ``max_skew_s`` (120 s by
+    default) are accepted as if the clocks agreed, both ways; beyond it, refused with the
+    measured skew (see the next test and the MQTT link's one-line warning)."""
+    agent, cloud = pair
+    device, server = Clock(1_000_000.0 + offset_s), Clock(1_000_000.0)
+    req = aead.derive_key(agent, cloud.public_key(), "a1", "req")
+    rep = aead.derive_key(agent, cloud.public_key(), "a1", "rep")
+    up = aead.Opener(req, "a1", "req", aead.ReplayWindow(clock=server))
+    down = aead.Opener(rep, "a1", "rep", aead.ReplayWindow(clock=device))
+    to_cloud = aead.Sealer(req, "a1", "req", clock=device)
+    to_device = aead.Sealer(rep, "a1", "rep", clock=server)
+    for i in range(3):
+        assert up.open(to_cloud.seal(b"q%d" % i)).plaintext == b"q%d" % i
+        assert down.open(to_device.seal(b"r%d" % i)).plaintext == b"r%d" % i
+    tight = aead.Opener(req, "a1", "req", aead.ReplayWindow(max_skew_s=10.0, clock=server))
+    with pytest.raises(ClockSkewError) as info:
+        tight.open(to_cloud.seal(b"late"))
+    assert info.value.skew_s == pytest.approx(offset_s, abs=0.01)
+    assert info.value.limit_s == 10.0
+    assert f"{offset_s:+.1f} s" in str(info.value)
+
+
+def test_skew_is_reported_only_for_authentic_payloads(pair) -> None:  # type: ignore[no-untyped-def]
+    """A forged envelope with a far-off stamp is an authentication failure, not a "your
+    clock is off" report that a stranger could trigger at will."""
+    sealer, _, clock = _ends(pair)
+    env = bytearray(sealer.seal(b"x"))
+    key = aead.derive_key(pair[1], pair[0].public_key(), "a1", "req")
+    far = aead.Opener(key, "a1", "req", aead.ReplayWindow(64, 60.0,
+                                                          clock=Clock(clock.t + 3600)))
+    with pytest.raises(ClockSkewError):
+        far.open(bytes(env))
+    env[-1] ^= 0x01
+    with pytest.raises(AuthError) as info:
+        far.open(bytes(env))
+    assert not isinstance(info.value, ClockSkewError)
 
 
 def test_bound_to_agent_and_direction(pair) -> None:  # type: ignore[no-untyped-def]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 import tracemalloc
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from contract.deadline import Deadline
 from transport import wire
 from transport.errors import WireError
 from transport.messages import Message, Ping, Pong, Reply, Request, Status
@@ -29,7 +29,7 @@ def _bases() -> list[list[bytes]]:
     x = np.maximum(rng.standard_normal((2, 4, 3, 3)), 0).astype(np.float32)
     msgs: list[Message] = []
     for codec in ("raw", "fp16", "int8", "int8c", "raw+lz4", "int8+zstd", "int8c+lz4"):
-        msgs.append(Request("r", "a", "m", "1", "d", "c", time.time(),
+        msgs.append(Request("r", "a", "m", "1", "d", "c", Deadline.after_ms(1000),
                             {"x": x, "i": np.arange(3, dtype=np.int16)}, codec=codec))
     msgs.append(Reply("r", Status.OK, "", {"y": x[0]}))
     msgs.append(Ping(1, 2.0, b"pp", 10))
@@ -94,7 +94,8 @@ def byte_mutations(draw: st.DrawFn) -> list[bytes]:
 
 
 random_frames = st.lists(st.binary(max_size=128), max_size=6).map(
-    lambda fs: fs if not fs else [b"\x01" + fs[0][:1] + fs[0][1:], *fs[1:]])
+    lambda fs: fs if not fs else [bytes((wire.WIRE_VERSION,)) + fs[0][:1] + fs[0][1:],
+                                  *fs[1:]])
 malformed = st.one_of(header_mutations(), byte_mutations(), random_frames)
 
 
@@ -138,8 +139,8 @@ def test_unpack_frames_only_raises_wire_errors() -> None:
 def test_tracemalloc_sees_decode_allocations() -> None:
     """The allocation bound above is meaningful: decoding 512 KiB shows up in the peak."""
     x = np.ones((128, 1024), np.float32)
-    frames = [bytes(f) for f in wire.encode(Request("r", "a", "m", "1", "d", "c", 0.0,
-                                                    {"x": x}, codec="raw+lz4"))]
+    req = Request("r", "a", "m", "1", "d", "c", Deadline.after_ms(0), {"x": x}, codec="raw+lz4")
+    frames = [bytes(f) for f in wire.encode(req)]
     tracemalloc.start()
     try:
         wire.decode(frames, LIMITS)

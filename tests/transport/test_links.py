@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import transport
+from transport import wire
 from transport.errors import KeyFileError, LinkClosed, LinkTimeout
 from transport.messages import Status
 
@@ -219,3 +220,30 @@ def test_failing_handler_still_answers(link_env: LinkEnv) -> None:
     reply = client.submit(make_request("b", {"x": np.ones(1, np.float32)})).result(15)
     assert reply.status == Status.INTERNAL and "RuntimeError" in reply.error
     assert "boom" not in reply.error  # internals stay in the server log
+
+
+def test_submit_reports_the_bytes_it_moved(link_env: LinkEnv, handler: RecordingHandler) -> None:
+    """The link sets ``request.wire_bytes`` when it encodes, so the sender learns the
+    size of what it sent without encoding it a second time."""
+    link_env.server(handler)
+    client = link_env.client("agent-1")
+    x = np.random.default_rng(0).standard_normal((4, 256)).astype(np.float32)
+    sizes = {}
+    for codec in ("raw", "int8"):
+        req = make_request(f"wb-{codec}", {"x": x}, codec=codec)
+        assert req.wire_bytes == 0
+        fut = client.submit(req)
+        sizes[codec] = req.wire_bytes
+        assert fut.result(15).ok
+    frames = wire.wire_bytes(wire.encode(make_request("same", {"x": x})))
+    if link_env.kind == "zmq":  # the frames themselves (headers differ by a few digits)
+        assert abs(sizes["raw"] - frames) < 32
+    else:  # packed into one payload and sealed: a little more than the frames
+        assert frames < sizes["raw"] < frames + 200
+    assert sizes["int8"] < sizes["raw"] / 3
+    # A request refused before encoding moved nothing.
+    client.close()
+    late = make_request("closed", {"x": x})
+    with pytest.raises(LinkClosed):
+        client.submit(late).result(5)
+    assert late.wire_bytes == 0

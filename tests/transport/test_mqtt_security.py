@@ -154,9 +154,74 @@ def test_no_tls_refused_by_broker(env: LinkEnv, handler: RecordingHandler) -> No
     cfg = cfg.model_copy(update={"broker": cfg.broker.model_copy(update={"tls": False})})
     from transport.mqtt import MqttClientLink
 
-    link = MqttClientLink.from_config(cfg, "a1")
+    link = MqttClientLink(cfg, "a1")
     try:
         assert not link.wait_connected(2)
     finally:
         link.close()
     time.sleep(0)
+
+
+_SKEWED_AGENT = """
+import json, sys
+import numpy as np
+from contract.deadline import Deadline
+from transport import MqttClientConfig, make_client_link
+from transport.errors import LinkTimeout
+from transport.messages import Request
+cfg = MqttClientConfig.model_validate_json(sys.argv[1])
+link = make_client_link(cfg, "a1")
+assert link.wait_connected(60), "no connection"
+out = []
+for i in range(3):
+    req = Request(f"s{i}", "a1", "m", "1", "d" * 64, "c1", Deadline.after_ms(3000),
+                  {"x": np.ones(2, np.float32)})
+    try:
+        out.append(link.submit(req).result(30).status.name)
+    except LinkTimeout:
+        out.append("timeout")
+link.close()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize(("offset_s", "max_skew_s", "expect"), [
+    (30.0, 120.0, "OK"), (-30.0, 120.0, "OK"),  # the default accepts a device 30 s off
+    (30.0, 10.0, "timeout"), (-30.0, 10.0, "timeout"),  # a tight bound refuses it, says so
+])
+def test_skewed_device_clock(env: LinkEnv, handler: RecordingHandler,
+                             caplog: pytest.LogCaptureFixture, offset_s: float,
+                             max_skew_s: float, expect: str) -> None:
+    """A real agent process whose wall clock is 30 s off (libfaketime). Within
+    ``max_skew_s`` it is served as if the clocks agreed; beyond it every request is
+    refused as a possible replay, and the cloud says so in exactly one warning naming the
+    measured skew and the fix."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.reliability.skew import faketime_missing, skewed_env
+
+    if (why := faketime_missing()) is not None:
+        pytest.skip(why)
+    env.agent_keys("a1")
+    env.server(handler, max_skew_s=max_skew_s)
+    cfg = env.client_config("a1", max_skew_s=max_skew_s)
+    caplog.set_level("WARNING", logger="transport.mqtt")
+    run = subprocess.run([sys.executable, "-c", _SKEWED_AGENT, cfg.model_dump_json()],
+                         env=skewed_env(offset_s), capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout.splitlines()[-1]) == [expect] * 3
+    skew_lines = [r.getMessage() for r in caplog.records if "max_skew_s" in r.getMessage()]
+    if expect == "OK":
+        assert len(handler.requests) == 3 and not skew_lines
+        return
+    assert handler.requests == []
+    assert [reason for reason, _ in handler.rejects] == ["clock_skew"] * 3
+    assert len(skew_lines) == 1, skew_lines
+    line = skew_lines[0]
+    measured = float(line.split("stamped ")[1].split(" s")[0])
+    assert abs(measured - offset_s) < 5, line  # the skew it measured, give or take transit
+    assert "requests of agent a1" in line and f"max_skew_s={max_skew_s:g}" in line
+    assert "Sync the clocks" in line

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
 
+from contract.deadline import Deadline
 from transport import codecs, wire
 from transport.errors import CodecError, DTypeError, LimitError, VersionError, WireError
 from transport.messages import LoadReport, Ping, Pong, Reply, Request, Status
@@ -15,7 +15,7 @@ from transport.messages import LoadReport, Ping, Pong, Reply, Request, Status
 
 def _req(tensors: dict[str, np.ndarray], codec: str = "raw") -> Request:
     return Request(request_id="r-1", agent_id="a", model="m", version="3", digest="ab" * 32,
-                   cut="c2", deadline=time.time() + 1, tensors=tensors, codec=codec)
+                   cut="c2", deadline=Deadline.after_ms(1000), tensors=tensors, codec=codec)
 
 
 def _relu_activation(seed: int = 0) -> np.ndarray:
@@ -109,7 +109,8 @@ def _frames_with_header(mutate, tensors=None, codec="raw"):  # type: ignore[no-u
     (lambda h: h["t"][0].update(s=[1] * 20), WireError),
     (lambda h: h["t"][0].update(c="nope"), CodecError),
     (lambda h: h["t"].append(dict(h["t"][0])), WireError),  # header lists a missing frame
-    (lambda h: h.update(deadline="soon"), WireError),
+    (lambda h: h.update(budget_ms="soon"), WireError),
+    (lambda h: h.pop("budget_ms"), WireError),
     (lambda h: h.update(id=7), WireError),
     (lambda h: h.pop("model"), WireError),
     (lambda h: h.update(t={"x": 1}), WireError),
@@ -122,7 +123,7 @@ def test_strict_header_checks(mutate, error) -> None:  # type: ignore[no-untyped
 def test_version_kind_and_header_limits() -> None:
     frames = [bytes(f) for f in wire.encode(_req({"x": np.ones(3, np.float32)}))]
     with pytest.raises(VersionError):
-        wire.decode([b"\x02" + frames[0][1:], frames[1]])
+        wire.decode([bytes((wire.WIRE_VERSION + 1,)) + frames[0][1:], frames[1]])
     with pytest.raises(WireError):
         wire.decode([frames[0][:1] + b"\x09" + frames[0][2:], frames[1]])
     with pytest.raises(WireError):
@@ -214,3 +215,78 @@ def test_non_finite_values_survive_quantization() -> None:
     x = np.array([0.0, 1.0, np.inf, -np.inf, np.nan, 2.0], np.float32)
     got = wire.decode(wire.encode(_req({"x": x}, "int8"))).tensors["x"]
     assert got.shape == x.shape and np.isfinite(got).all()
+
+
+# ----------------------------------------------------------------------------- deadlines
+
+def _header(frames: list) -> dict:
+    return json.loads(bytes(frames[0])[2:])
+
+
+def test_deadline_travels_as_the_budget_left() -> None:
+    frames = wire.encode(_req({"x": np.ones(2, np.float32)}))
+    head = _header(frames)
+    assert "deadline" not in head and "sent_at" not in head  # no wall clock on the wire
+    assert 0 < head["budget_ms"] <= 1000
+    got = wire.decode(frames)
+    assert isinstance(got, Request)
+    assert 0 < got.deadline.remaining_ms() <= head["budget_ms"]
+
+
+@pytest.mark.parametrize("budget", [0, -250.5])
+def test_spent_budget_decodes_and_is_already_expired(budget: float) -> None:
+    """A request whose budget ran out in transit is well-formed: the core answers it
+    DEADLINE_EXCEEDED rather than refusing it as malformed."""
+    frames = _frames_with_header(lambda h: h.update(budget_ms=budget))
+    got = wire.decode(frames)
+    assert isinstance(got, Request) and got.deadline.expired()
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_budget_is_malformed(bad: str) -> None:
+    frames = [bytes(f) for f in wire.encode(_req({"x": np.ones(2, np.float32)}))]
+    head = frames[0][:2] + frames[0][2:].replace(b'"budget_ms":', b'"budget_ms":' +
+                                                  bad.encode() + b',"old":')
+    with pytest.raises(WireError):
+        wire.decode([head, *frames[1:]])
+
+
+def test_infinite_deadline_is_refused_at_encode() -> None:
+    req = _req({"x": np.ones(2, np.float32)})
+    req.deadline = Deadline(float("inf"))
+    with pytest.raises(ValueError, match="finite"):
+        wire.encode(req)
+
+
+_SKEWED_SENDER = """
+import sys
+import numpy as np
+from contract.deadline import Deadline
+from transport import wire
+from transport.messages import Request
+req = Request("skewed", "a", "m", "1", "d" * 64, "c", Deadline.after_ms(5000),
+              {"x": np.ones((1, 4), np.float32)})
+sys.stdout.buffer.write(wire.pack_frames(wire.encode(req)))
+"""
+
+
+@pytest.mark.parametrize("offset_s", [3600.0, -3600.0, 30.0])
+def test_request_from_a_skewed_sender_keeps_its_budget(offset_s: float) -> None:
+    """A sender whose wall clock is an hour off (a real process under libfaketime) sends
+    a 5 s budget, and the receiver sees 5 s minus the time in between, not an hour more
+    or an already expired request."""
+    import subprocess
+    import sys
+
+    from tests.reliability.skew import faketime_missing, skewed_env
+
+    if (why := faketime_missing()) is not None:
+        pytest.skip(why)
+    env = skewed_env(offset_s)
+    out = subprocess.run([sys.executable, "-c", _SKEWED_SENDER], env=env, capture_output=True,
+                         check=True, timeout=120).stdout
+    frames = wire.unpack_frames(out)
+    assert 0 < _header(frames)["budget_ms"] <= 5000  # what the sender had left
+    got = wire.decode(frames)
+    assert isinstance(got, Request) and got.request_id == "skewed"
+    assert 0 < got.deadline.remaining_ms() <= 5000

@@ -1,5 +1,5 @@
-"""The ``tiersplit`` command. Each tier registers its own sub-commands from a private
-module (``_cli_<area>.py``) so the heavy imports (torch, onnxruntime) happen only inside
+"""The ``tiersplit`` command. Each area registers its own sub-commands from its module
+here (``tiersplit.cli.<area>``), and imports heavy things (torch, onnxruntime) only inside
 the command that needs them, never at ``tiersplit --help``."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from tiersplit.cli import bench, cloud, demo, edge, keys, link, partition, place
+from tiersplit.cli import bench, cloud, demo, edge, keys, link, partition, place, privacy
 
 app = typer.Typer(
     name="tiersplit",
@@ -35,6 +35,7 @@ link.register(app)
 cloud.register(app)
 edge.register(app)
 place.register(app)
+privacy.register(app)
 demo.register(app)
 bench.register(app)
 

@@ -51,22 +51,37 @@ def cuts_table(manifest, title: str | None = None) -> Table:
     t = Table(title=title, title_justify="left")
     for col, just in [("cut", "left"), ("depth", "right"), ("crossing tensors", "left"),
                       ("bytes fp32", "right"), ("bytes int8", "right"),
-                      ("head MMAC", "right"), ("tail MMAC", "right"), ("cosine", "right"),
-                      ("top-1", "right"), ("max |err|", "right")]:
+                      ("head MMAC", "right"), ("tail MMAC", "right"), ("recipe", "left"),
+                      ("cosine", "right"), ("top-1", "right"), ("max |err|", "right"),
+                      ("head ms int8/fp32", "right")]:
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for c in manifest.cuts:
         if c.is_edge:
             tensors = "(none: all on the edge)"
         else:
-            shown = [f"{s.name} {tuple(s.shape[1:])}" for s in c.tensors[:3]]
+            shown = [f"{s.name} {_shape(s)}" for s in c.tensors[:3]]
             more = len(c.tensors) - len(shown)
             tensors = "\n".join(shown) + (f"\n+{more} more" if more > 0 else "")
         a = c.accuracy
+        recipe = c.recipe + (f" ({len(c.excluded_nodes)} in float)" if c.excluded_nodes else "")
         t.add_row(c.id, f"{c.depth} ({c.depth_fraction:.0%})", tensors, _fmt_bytes(c.bytes),
                   _fmt_bytes(c.bytes_int8), f"{c.head_flops / 1e6:.2f}",
-                  f"{c.tail_flops / 1e6:.2f}", f"{a.cosine:.6f}",
-                  _fmt(a.top1_agreement, ".1%"), f"{a.max_abs:.3g}")
+                  f"{c.tail_flops / 1e6:.2f}", recipe if c.head else "—", f"{a.cosine:.6f}",
+                  _fmt(a.top1_agreement, ".1%"), f"{a.max_abs:.3g}", _latency(c))
     return t
+
+
+def _latency(c) -> str:
+    if c.latency_ms is None or not c.latency_fp32_ms:
+        return "—"
+    return f"{c.latency_ms:.2f}/{c.latency_fp32_ms:.2f} ({c.latency_ms / c.latency_fp32_ms:.2f}x)"
+
+
+def _shape(spec) -> str:
+    """``[batch, 128*, 384]``: ``*`` marks a dimension whose size varies per request."""
+    dims = ["batch" if i == 0 and d == -1 else f"{d}*" if i in spec.dynamic else str(d)
+            for i, d in enumerate(spec.shape)]
+    return f"[{', '.join(dims)}]"
 
 
 def _print_table(table: Table) -> None:
@@ -87,6 +102,18 @@ def register(app: typer.Typer) -> None:
         input_shape: list[str] = typer.Option(None, "--input-shape", "-s",
                                               help="Input shape, batch first (1,3,64,64); "
                                               "repeat per input. Zoo/ONNX models know theirs."),
+        inputs: list[str] = typer.Option(None, "--input", "-i", help="NAME:SHAPE:DTYPE, e.g. "
+                                         "input_ids:1,seq=128:int64 (seq= marks a dynamic "
+                                         "dimension); repeat per input, in order."),
+        eval_data: Path = typer.Option(None, "--eval-data", help="Held-back .npz for the "
+                                       "accuracy figures (default: a quarter of "
+                                       "--calib-data, or generated)."),
+        accuracy_floor: float = typer.Option(0.99, "--accuracy-floor", min=0.0, max=1.0,
+                                             help="Cosine vs fp32 every head must keep "
+                                             "(classifiers: also top-1 agreement)."),
+        metric: str = typer.Option(None, "--metric", help="pkg.mod:fn(reference, actual) -> "
+                                   "float, higher is better; needs --metric-floor."),
+        metric_floor: float = typer.Option(None, "--metric-floor", help="Floor of --metric."),
         out: Path = typer.Option(..., "--out", "-o", help="Bundle repository root."),
         name: str = typer.Option(None, "--name", help="Bundle name (default: the model's)."),
         version: str = typer.Option("1", "--version", help="Bundle version (immutable)."),
@@ -107,18 +134,31 @@ def register(app: typer.Typer) -> None:
             from contract.bundle import Bundle
             from partitioner import partition as run
 
-            shapes = [_parse_shape(s) for s in input_shape] if input_shape else None
-            if calib_data is not None and not calib_data.is_file():
-                raise ValueError(f"calibration file not found: {calib_data}")
+            if input_shape and inputs:
+                raise ValueError("give --input-shape or --input, not both")
+            shapes = ([_parse_shape(s) for s in input_shape] if input_shape
+                      else list(inputs) if inputs else None)
+            for f, what in ((calib_data, "calibration"), (eval_data, "evaluation")):
+                if f is not None and not f.is_file():
+                    raise ValueError(f"{what} file not found: {f}")
+
+            def dropped(cut_id: str, reason: str) -> None:
+                console.print(f"[yellow]cut {cut_id} dropped: {reason}[/yellow]")
+
             path = run(model, shapes, out, name=name, version=version, calib_data=calib_data,
-                       max_cuts=max_cuts, signing_key=signing_key, task=task,
-                       privacy_floor=privacy_floor, progress=True)
+                       eval_data=eval_data, max_cuts=max_cuts, signing_key=signing_key,
+                       task=task, privacy_floor=privacy_floor, progress=True,
+                       accuracy_floor=accuracy_floor, metric=metric, metric_floor=metric_floor,
+                       on_drop=dropped)
             b = Bundle.load(path, require_signature=False)
             m = b.manifest
             _print_table(cuts_table(m, title=f"{m.name} v{m.version} — {path}"))
             fa = m.full_accuracy
             console.print(f"full int8 model vs fp32: cosine {fa.cosine:.6f}, top-1 "
                           f"{_fmt(fa.top1_agreement, '.1%')}, max |err| {fa.max_abs:.3g}; "
+                          f"recipe {m.cuts[-1].recipe}; floor cosine "
+                          f"{m.quantization.accuracy_floor} on {m.quantization.evaluation_samples} "
+                          f"held-back samples ({m.quantization.evaluation}); "
                           f"digest {b.digest[:16]}…; "
                           f"{'signed' if b.signed else 'unsigned'}")
 
@@ -184,8 +224,8 @@ def register(app: typer.Typer) -> None:
                 raise BundleError(f"malformed manifest {mpath}: "
                                   f"{str(e).splitlines()[0]}") from e
             signed = (Path(bundle) / SIGNATURE).exists()
-        ins = ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in m.inputs)
-        outs = ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in m.outputs)
+        ins = ", ".join(f"{s.name} {s.dtype}{_shape(s)}" for s in m.inputs)
+        outs = ", ".join(f"{s.name} {s.dtype}{_shape(s)}" for s in m.outputs)
         console.print(f"[bold]{m.name}[/bold] v{m.version} from {m.source} (opset {m.opset}, "
                       f"{m.task}), created {m.created}, {'signed' if signed else 'unsigned'} "
                       "(not verified: use tiersplit verify)")
@@ -193,8 +233,16 @@ def register(app: typer.Typer) -> None:
         q = m.quantization
         console.print(f"quantization: {q.method} {q.format}, act {q.activation_type}, "
                       f"weights {q.weight_type}{' per-channel' if q.per_channel else ''}, "
-                      f"calibration {q.calibration} ({q.calibration_samples} samples)")
+                      f"calibration {q.calibration} ({q.calibration_samples} samples); "
+                      f"accuracy floor cosine {q.accuracy_floor}"
+                      f"{'' if q.top1_floor is None else f', top-1 {q.top1_floor:.0%}'}"
+                      f"{'' if not q.metric else f', {q.metric} >= {q.metric_floor}'} on "
+                      f"{q.evaluation_samples} held-back samples ({q.evaluation})")
         _print_table(cuts_table(m))
+        from tiersplit.cli.privacy import audit_table
+
+        if (audit := audit_table(m)) is not None:
+            _print_table(audit)
         fa = m.full_accuracy
         console.print(f"full int8 ({m.full_int8}) vs fp32: cosine {fa.cosine:.6f}, top-1 "
                       f"{_fmt(fa.top1_agreement, '.1%')}, max |err| {fa.max_abs:.3g}")

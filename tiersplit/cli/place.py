@@ -202,11 +202,51 @@ def _load_inputs(edge_profile: Path, cloud_profile: Path | None, links: Path):
     return edge, cloud, conds
 
 
-def _constraints(privacy_floor: int, accuracy_floor: float, edge_memory_mb: float):
+def _constraints(privacy_floor: int, accuracy_floor: float, edge_memory_mb: float,
+                 allowed: set[str] | None = None):
     from placement import Constraints
 
     return Constraints(privacy_floor=privacy_floor, accuracy_floor=accuracy_floor,
-                       edge_memory_mb=edge_memory_mb)
+                       edge_memory_mb=edge_memory_mb,
+                       allowed=None if allowed is None else frozenset(allowed))
+
+
+def _privacy(manifest, privacy_floor: int, max_reconstruction: float | None,
+             max_dcor: float | None, codec: str):
+    """The floor, and the cuts it allows (None: no risk bound, depth alone decides)."""
+    from contract.privacy import PrivacyFloor, allowed_cuts
+
+    floor = PrivacyFloor(min_depth=privacy_floor, max_reconstruction=max_reconstruction,
+                         max_dcor=max_dcor)
+    if not floor.risk_stated:
+        return floor, None
+    if manifest is None:
+        raise ValueError("--max-reconstruction / --max-dcor need --bundle: the audited "
+                         "manifest says each cut's risk")
+    if manifest.privacy_audit is None:
+        raise ValueError("the bundle has no privacy audit: run `tiersplit privacy audit "
+                         "--record` and tune with the version it publishes")
+    return floor, allowed_cuts(manifest, floor, codec)
+
+
+def _print_privacy_costs(rows, metric: str, codec: str) -> None:
+    from rich.table import Table
+
+    if not rows:
+        return
+    links = list(rows[0].predicted_ms)
+    t = Table(title=f"what each privacy level costs (best predicted ms per link, codec "
+                    f"{codec}; level = max audited {metric} allowed)")
+    t.add_column("max risk", justify="right")
+    t.add_column("cuts allowed")
+    for name in links:
+        t.add_column(name, justify="right")
+    for r in rows:
+        level = "any" if r.max_risk is None else f"{r.max_risk:.3f}"
+        cells = [("—" if r.chosen[n] == "—" else f"{r.predicted_ms[n]:.2f} ({r.chosen[n]})")
+                 for n in links]
+        t.add_row(level, ", ".join(sorted(r.allowed)), *cells)
+    console.print(t)
 
 
 @place.command("tune")
@@ -222,6 +262,16 @@ def tune_cmd(
     plot: Path | None = typer.Option(None, "--plot", help="PNG: latency vs cut per link."),
     codec: str = typer.Option("raw", help="Wire codec to assume."),
     privacy_floor: int = typer.Option(1, help="Minimum cut depth (0 allows raw inputs)."),
+    max_reconstruction: float | None = typer.Option(
+        None, "--max-reconstruction", min=0.0, max=1.0,
+        help="Exclude cuts whose audited reconstruction quality (SSIM / tokens recovered) "
+             "exceeds this; needs an audited --bundle."),
+    max_dcor: float | None = typer.Option(None, "--max-dcor", min=0.0, max=1.0,
+                                          help="Same bound on the audited distance "
+                                               "correlation."),
+    privacy_plot: Path | None = typer.Option(None, "--privacy-plot",
+                                             help="PNG: best latency per link vs the risk "
+                                                  "allowed (audited bundles)."),
     accuracy_floor: float = typer.Option(0.0, help="Exclude cuts below this accuracy."),
     edge_memory_mb: float = typer.Option(0.0, help="Exclude heads needing more (0 = no limit)."),
     queue_ms: float = typer.Option(0.0, help="Expected cloud queueing for the single-agent "
@@ -246,14 +296,33 @@ def tune_cmd(
         from placement.profiles import now_iso
 
         edge, cloud, conds = _load_inputs(edge_profile, cloud_profile, links)
+        manifest = None
         if bundle is not None:
             b = _bundle(bundle, public_key, allow_unsigned, "all")
-            if edge.digest and edge.digest != b.digest:
+            manifest = b.manifest
+            if edge.digest and edge.digest != b.digest and not _same_files(edge.digest, b):
                 raise ValueError(f"{edge_profile} was measured on another bundle version "
                                  f"({edge.digest[:12]} != {b.digest[:12]}); re-profile")
-        cons = _constraints(privacy_floor, accuracy_floor, edge_memory_mb)
+        floor, allowed = _privacy(manifest, privacy_floor, max_reconstruction, max_dcor,
+                                  codec)
+        cons = _constraints(privacy_floor, accuracy_floor, edge_memory_mb, allowed)
         cuts = cut_profiles(edge, cloud)
         est = CloudEstimate(queue_ms=queue_ms)
+        cost_rows = None
+        if manifest is not None and manifest.privacy_audit is not None:
+            from placement.privacy_cost import plot_privacy_costs, privacy_costs
+
+            audit = manifest.privacy_audit
+            risks = {c.cut_id: audit.risk(c.cut_id, codec) for c in cuts}
+            cost_rows = privacy_costs(cuts, risks, conds, est,
+                                      _constraints(privacy_floor, accuracy_floor,
+                                                   edge_memory_mb), codec)
+            if privacy_plot is not None:
+                plot_privacy_costs(cost_rows, privacy_plot,
+                                   f"{edge.model} {edge.version}: latency vs privacy",
+                                   audit.metric)
+        elif privacy_plot is not None:
+            raise ValueError("--privacy-plot needs an audited --bundle")
         rows = link_rows(cuts, conds, est, cons, codec)
         mp = build_model_prior(edge.model, edge.version, edge.digest, cuts, conds, est, cons,
                                codec)
@@ -268,7 +337,10 @@ def tune_cmd(
         prior = PlacementPrior({edge.model: mp}, agents, codec,
                                {"privacy_floor": privacy_floor,
                                 "accuracy_floor": accuracy_floor,
-                                "edge_memory_mb": edge_memory_mb}, now_iso())
+                                "edge_memory_mb": edge_memory_mb,
+                                **({"privacy": floor.model_dump(exclude_defaults=True),
+                                    "allowed_cuts": sorted(allowed)}
+                                   if allowed is not None else {})}, now_iso())
         dump_prior(prior, out)
         if plot is not None:
             from placement import plot_latency
@@ -309,7 +381,33 @@ def tune_cmd(
                       f"{fleet_plan.fleet_p95_ms:.2f} ms after {fleet_plan.passes} passes")
         for note in fleet_plan.notes:
             console.print(f"[yellow]note:[/yellow] {note}")
-    console.print(f"wrote {out}" + (f" and {plot}" if plot else ""))
+    if cost_rows is not None:
+        _print_privacy_costs(cost_rows, manifest.privacy_audit.metric, codec)
+    if allowed is not None:
+        console.print(f"privacy floor {floor.describe()}: cuts allowed "
+                      f"{', '.join(c.cut_id for c in cuts if c.cut_id in allowed)}")
+    written = [str(p) for p in (out, plot, privacy_plot) if p is not None]
+    console.print(f"wrote {' and '.join(written)}")
+
+
+def _same_files(digest: str, bundle) -> bool:
+    """True when ``digest`` names a bundle with the same model files as ``bundle``:
+    ``privacy audit --record`` re-publishes identical files under a new manifest, so
+    profiles measured on the unaudited version still hold."""
+    from partitioner.privacy.record import AUDIT_SUFFIX
+
+    base = bundle.path.parent / bundle.version.removesuffix(AUDIT_SUFFIX)
+    if base == bundle.path or not (base / "manifest.yaml").is_file():
+        return False
+    import hashlib
+
+    raw = (base / "manifest.yaml").read_bytes()
+    if hashlib.sha256(raw).hexdigest() != digest:
+        return False
+    from contract.bundle import Bundle
+
+    other = Bundle.load(base, require_signature=False)
+    return other.manifest.files == bundle.manifest.files
 
 
 def _bw(bps: float) -> str:

@@ -1,9 +1,10 @@
-"""Hand-built, real bundles for the cloud core's tests and bench/cloud.py.
+"""Hand-built, real bundles for every area's tests and the benchmarks: the one builder.
 
 Small ONNX models written with ``onnx.helper`` (deterministic names, no torch export),
 split at named tensors with ``onnx.utils.Extractor``, heads quantized with ONNX Runtime's
-real static int8 quantization (QDQ, per channel), written with ``write_bundle`` and
-signed. Independent of the partitioner so the cloud core can be tested on its own.
+real static int8 quantization (QDQ, per channel) from one calibration reader, written
+with ``write_bundle`` and signed. Independent of the partitioner, so the cloud core and
+the edge agent can be tested on their own, in seconds and without torch.
 
 Models:
     mlp  x[N,16] -> Gemm+Relu -> h1[N,32] -> Gemm+Relu -> h2[N,32] -> Gemm -> y[N,10]
@@ -11,6 +12,12 @@ Models:
     cnn  x[N,1,8,8] -> Conv+Relu -> c1[N,4,8,8] -> MaxPool -> p1[N,4,4,4] -> Flatten
          -> Gemm -> y[N,10]; cuts: cloud, c1, p1, edge
     wide (bench) x[N,W] -> W x H Gemm+Relu (x layers) -> y[N,10]; cuts: cloud, h1, edge
+    text input_ids[N,8], attention_mask[N,8] (int64) -> masked mean embedding -> Gemm+Relu
+         -> h1[N,16] -> Gemm -> y[N,4]; cuts: cloud, h1, edge (integer inputs)
+    edge_cnn  x[N,3,32,32] -> four Conv+Relu stages (16K -> 8K -> 4K -> 1K elements) ->
+         global pool -> logits[N,10]; cuts: cloud, k2, k4, k6, k8 (after each stage),
+         edge; with per-cut MACs, so a placement policy has a real trade-off (edge compute
+         vs bytes on the wire). :func:`build_edge_cnn` builds it signed from key files.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import (
@@ -33,17 +42,69 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from contract.bundle import Accuracy, Bundle, CutSpec, Manifest, TensorSpec, write_bundle
+from contract import dtypes
+from contract.bundle import (
+    MANIFEST,
+    Accuracy,
+    Bundle,
+    CutSpec,
+    Manifest,
+    TensorSpec,
+    write_bundle,
+)
+from contract.privacy import AttackScore, CutRisk, PrivacyAudit
+
+__all__ = ["EDGE_CNN_INPUT", "EDGE_CNN_OUTPUT", "EDGE_CNN_SHAPE", "OPSET", "BuiltBundle",
+           "Graph", "audit", "build_bundle", "build_edge_cnn", "build_signed", "cnn", "edge_cnn",
+           "full_reference", "load_built", "mlp", "reference", "sample", "signing_keys",
+           "text", "wide"]
 
 OPSET = 17
 
 
 @dataclass(frozen=True)
 class Graph:
+    """A model and where it may be cut.
+
+    Attributes:
+        model: the fp32 ONNX model.
+        inputs / outputs: its tensors.
+        cuts: interior cuts in order: ``(cut id, crossing tensors)``.
+        depths: per interior cut, its depth (default 1, 2, ...).
+        edge_depth: depth of the ``edge`` cut (default one more than the last cut).
+        flops: per interior cut, ``(head MACs, tail MACs)`` per sample (default unknown).
+        total_flops: MACs of the whole model per sample (0 = unknown).
+    """
+
     model: onnx.ModelProto
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    cuts: list[tuple[str, list[TensorSpec]]]  # interior cuts in order
+    cuts: list[tuple[str, list[TensorSpec]]]
+    depths: list[int] | None = None
+    edge_depth: int | None = None
+    flops: list[tuple[int, int]] | None = None
+    total_flops: int = 0
+
+
+@dataclass(frozen=True)
+class BuiltBundle:
+    """A built, signed bundle and the key files it was signed with.
+
+    Attributes:
+        path: the bundle directory ``root/<name>/<version>``.
+        root: the repository root holding it.
+        public_key / secret_key: the Ed25519 key files.
+        name / version: as in the manifest.
+        manifest: the parsed manifest (cut ids, tensor specs...).
+    """
+
+    path: Path
+    root: Path
+    public_key: Path
+    secret_key: Path
+    name: str
+    version: str
+    manifest: Manifest
 
 
 def _dense(name: str, x: str, w: np.ndarray, b: np.ndarray, relu: bool, out: str
@@ -59,16 +120,16 @@ def _dense(name: str, x: str, w: np.ndarray, b: np.ndarray, relu: bool, out: str
 
 def _vi(spec: TensorSpec) -> onnx.ValueInfoProto:
     dims: list[int | str] = ["N" if d < 0 else d for d in spec.shape]
-    return helper.make_tensor_value_info(spec.name, TensorProto.FLOAT, dims)
+    return helper.make_tensor_value_info(spec.name, dtypes.by_name(spec.dtype).onnx, dims)
 
 
-def _finish(name: str, nodes, inits, inputs, outputs, cuts) -> Graph:
+def _finish(name: str, nodes, inits, inputs, outputs, cuts, **meta: Any) -> Graph:
     g = helper.make_graph(nodes, name, [_vi(t) for t in inputs], [_vi(t) for t in outputs],
                           inits, value_info=[_vi(t) for _, ts in cuts for t in ts])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
     m.ir_version = 8
     onnx.checker.check_model(m)
-    return Graph(m, inputs, outputs, cuts)
+    return Graph(m, inputs, outputs, cuts, **meta)
 
 
 def mlp(seed: int) -> Graph:
@@ -129,23 +190,114 @@ def wide(seed: int, width: int = 512, layers: int = 3) -> Graph:
                    [("h1", [TensorSpec(name="h1", shape=[-1, width])])])
 
 
+def text(seed: int, vocab: int = 32, seq: int = 8, dim: int = 16) -> Graph:
+    """A tiny text classifier with integer inputs, as a transformer's would be:
+    ``input_ids[N,seq]`` and ``attention_mask[N,seq]`` (int64) -> masked mean of an
+    embedding -> Gemm+Relu -> h1[N,dim] -> Gemm -> y[N,4]; cuts: cloud, h1, edge.
+    Random calibration ids are 0/1, always inside the vocabulary."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    inits = [numpy_helper.from_array(rng.standard_normal((vocab, dim)).astype(f32), "emb"),
+             numpy_helper.from_array(np.array([2], dtype=np.int64), "ax2"),
+             numpy_helper.from_array(np.array([1], dtype=np.int64), "ax1")]
+    nodes = [
+        helper.make_node("Gather", ["emb", "input_ids"], ["tok"], axis=0),
+        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["maskf", "ax2"], ["mask3"]),
+        helper.make_node("Mul", ["tok", "mask3"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "ax1"], ["pooled"], keepdims=0),
+    ]
+    for lname, (i, o), relu, x, out in (("l1", (dim, dim), True, "pooled", "h1"),
+                                        ("l2", (dim, 4), False, "h1", "y")):
+        n, t = _dense(lname, x, (rng.standard_normal((i, o)) / np.sqrt(i)).astype(f32),
+                      (0.1 * rng.standard_normal(o)).astype(f32), relu, out)
+        nodes += n
+        inits += t
+    ids = [TensorSpec(name="input_ids", shape=[-1, seq], dtype="int64"),
+           TensorSpec(name="attention_mask", shape=[-1, seq], dtype="int64")]
+    return _finish("text", nodes, inits, ids, [TensorSpec(name="y", shape=[-1, 4])],
+                   [("h1", [TensorSpec(name="h1", shape=[-1, dim])])])
+
+
+#: The edge CNN's input, output and per-sample input shape.
+EDGE_CNN_INPUT, EDGE_CNN_OUTPUT = "x", "logits"
+EDGE_CNN_SHAPE = (3, 32, 32)
+_EDGE_CNN_STAGES = ((16, 1), (32, 2), (64, 2), (64, 2))  # (channels out, stride)
+
+
+def _edge_cnn_shapes() -> list[tuple[int, int, int]]:
+    c, h, w = EDGE_CNN_SHAPE
+    out = []
+    for cout, stride in _EDGE_CNN_STAGES:
+        h, w = (h + stride - 1) // stride, (w + stride - 1) // stride
+        c = cout
+        out.append((c, h, w))
+    return out
+
+
+def edge_cnn(seed: int = 0, stages: tuple[int, ...] = (1, 2, 3, 4)) -> Graph:
+    """The edge tests' CNN; cut ``k<2*s>`` after conv stage ``s`` for each of ``stages``."""
+    rng = np.random.default_rng(seed)
+    shapes = _edge_cnn_shapes()
+    dims = [EDGE_CNN_SHAPE, *shapes]
+    macs = [dims[i][0] * dims[i + 1][0] * 9 * dims[i + 1][1] * dims[i + 1][2]
+            for i in range(len(_EDGE_CNN_STAGES))] + [_EDGE_CNN_STAGES[-1][0] * 10]
+    nodes, inits = [], []
+    prev, cin = EDGE_CNN_INPUT, EDGE_CNN_SHAPE[0]
+    for i, (cout, stride) in enumerate(_EDGE_CNN_STAGES):
+        w = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2.0 / (9 * cin))).astype(
+            np.float32)
+        b = (0.05 * rng.standard_normal(cout)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes.append(helper.make_node("Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"],
+                                      name=f"Conv{i}", kernel_shape=[3, 3],
+                                      pads=[1, 1, 1, 1], strides=[stride, stride]))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"h{i + 1}"], name=f"Relu{i}"))
+        prev, cin = f"h{i + 1}", cout
+    wf = (rng.standard_normal((cin, 10)) / np.sqrt(cin)).astype(np.float32)
+    bf = (0.1 * rng.standard_normal(10)).astype(np.float32)
+    inits += [numpy_helper.from_array(wf, "wf"), numpy_helper.from_array(bf, "bf")]
+    nodes += [
+        helper.make_node("GlobalAveragePool", [prev], ["pool"], name="Pool"),
+        helper.make_node("Flatten", ["pool"], ["flat"], name="Flatten", axis=1),
+        helper.make_node("MatMul", ["flat", "wf"], ["mmf"], name="MatMulF"),
+        helper.make_node("Add", ["mmf", "bf"], [EDGE_CNN_OUTPUT], name="AddF"),
+    ]
+    cuts = [(f"k{2 * s}", [TensorSpec(name=f"h{s}", shape=[-1, *shapes[s - 1]])])
+            for s in stages]
+    return _finish("edge_cnn", nodes, inits,
+                   [TensorSpec(name=EDGE_CNN_INPUT, shape=[-1, *EDGE_CNN_SHAPE])],
+                   [TensorSpec(name=EDGE_CNN_OUTPUT, shape=[-1, 10])], cuts,
+                   depths=[2 * s for s in stages], edge_depth=len(nodes),
+                   flops=[(sum(macs[:s]), sum(macs[s:])) for s in stages],
+                   total_flops=sum(macs))
+
+
 class _Reader(CalibrationDataReader):
-    def __init__(self, name: str, shape: tuple[int, ...], n: int, seed: int) -> None:
+    """Calibration batches (one sample each) for every input of the model, random or
+    given (``feeds``: name -> ``[n, ...]`` arrays, e.g. a head's real activations)."""
+
+    def __init__(self, inputs: list[TensorSpec], n: int, seed: int,
+                 feeds: dict[str, np.ndarray] | None = None) -> None:
+        if feeds is not None:
+            n = min(n, *(len(v) for v in feeds.values()))
+            self._it = iter([{k: v[i:i + 1] for k, v in feeds.items()} for i in range(n)])
+            return
         rng = np.random.default_rng(seed)
-        self._it = iter([{name: rng.standard_normal((1, *shape)).astype(np.float32)}
-                         for _ in range(n)])
+        self._it = iter([{t.name: sample(t, 1, rng) for t in inputs} for _ in range(n)])
 
     def get_next(self):
         return next(self._it, None)
 
 
-def _quantize(src: Path, dst: Path, inp: TensorSpec) -> None:
+def _quantize(src: Path, dst: Path, inputs: list[TensorSpec],
+              feeds: dict[str, np.ndarray] | None = None) -> None:
     # ORT logs a "consider pre-processing" warning on the root logger for every call.
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quantize_static(str(src), str(dst), _Reader(inp.name, inp.sample_shape, 128, 1),
+        quantize_static(str(src), str(dst), _Reader(inputs, 128, 1, feeds),
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
     finally:
@@ -153,7 +305,12 @@ def _quantize(src: Path, dst: Path, inp: TensorSpec) -> None:
 
 
 def sample(spec: TensorSpec, n: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.standard_normal((n, *spec.sample_shape)).astype(np.float32)
+    """``n`` random samples of ``spec``: standard normal for floats, 0/1 otherwise."""
+    dt = dtypes.numpy_dtype(spec.dtype)
+    shape = (n, *spec.sample_shape)
+    if dt.kind == "f":
+        return rng.standard_normal(shape).astype(dt)
+    return rng.integers(0, 2, size=shape).astype(dt)
 
 
 def _run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -166,19 +323,29 @@ def _nbytes(specs: list[TensorSpec], per: int) -> int:
 
 
 def build_bundle(root: Path, name: str, version: str, graph: Graph,
-                 key: Ed25519PrivateKey | None, extra: dict[str, bytes] | None = None) -> Path:
+                 key: Ed25519PrivateKey | None, extra: dict[str, bytes] | None = None, *,
+                 device_tails: bool = False, privacy_audit: PrivacyAudit | None = None
+                 ) -> Path:
     """Split, quantize and publish ``graph`` as bundle ``root/name/version``.
 
     ``extra`` adds files (e.g. ``tail-<cut>.pt2``), hashed and signed like the rest.
+    ``device_tails`` also ships each interior cut's tail quantized to int8
+    (``tail-<cut>.int8.onnx``, calibrated on the int8 head's activations) as the cut's
+    ``device_tail``. ``privacy_audit`` is recorded in the (signed) manifest.
     """
-    inp = graph.inputs[0]
+    inputs = graph.inputs
+    n_cuts = len(graph.cuts)
+    depths = graph.depths or list(range(1, n_cuts + 1))
+    edge_depth = graph.edge_depth or n_cuts + 1
+    flops = graph.flops or [(0, 0)] * n_cuts
+    total = graph.total_flops
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
         onnx.save(graph.model, tmp / "full.onnx")
-        _quantize(tmp / "full.onnx", tmp / "full.int8.onnx", inp)
+        _quantize(tmp / "full.onnx", tmp / "full.int8.onnx", inputs)
         rng = np.random.default_rng(7)
-        xs = sample(inp, 512, rng)
-        ref = _run(tmp / "full.onnx", {inp.name: xs})[0]
+        xs = {t.name: sample(t, 512, rng) for t in inputs}
+        ref = _run(tmp / "full.onnx", xs)[0]
         with write_bundle(root, name, version, key) as stage:
             d = stage.dir
             (d / "full.onnx").write_bytes((tmp / "full.onnx").read_bytes())
@@ -186,34 +353,96 @@ def build_bundle(root: Path, name: str, version: str, graph: Graph,
             for rel, data in (extra or {}).items():
                 (d / rel).write_bytes(data)
             ex = onnx.utils.Extractor(graph.model)
-            cuts = [CutSpec(id="cloud", depth=0, tensors=graph.inputs,
-                            bytes=_nbytes(graph.inputs, 4), bytes_int8=_nbytes(graph.inputs, 1))]
-            for depth, (cid, specs) in enumerate(graph.cuts, start=1):
+            cuts = [CutSpec(id="cloud", depth=0, tensors=inputs,
+                            bytes=_nbytes(inputs, 4), bytes_int8=_nbytes(inputs, 1),
+                            tail_flops=total)]
+            for (cid, specs), depth, (head_flops, tail_flops) in zip(graph.cuts, depths, flops,
+                                                                      strict=True):
                 names = [t.name for t in specs]
-                head = ex.extract_model([inp.name], names)
+                head = ex.extract_model([t.name for t in inputs], names)
                 tail = ex.extract_model(names, [t.name for t in graph.outputs])
                 onnx.save(head, d / f"head-{cid}.onnx")
                 onnx.save(tail, d / f"tail-{cid}.onnx")
-                _quantize(d / f"head-{cid}.onnx", d / f"head-{cid}.int8.onnx", inp)
-                acts = _run(d / f"head-{cid}.int8.onnx", {inp.name: xs})
+                _quantize(d / f"head-{cid}.onnx", d / f"head-{cid}.int8.onnx", inputs)
+                acts = _run(d / f"head-{cid}.int8.onnx", xs)
                 out = _run(d / f"tail-{cid}.onnx", dict(zip(names, acts, strict=True)))[0]
+                device_tail = None
+                if device_tails:
+                    device_tail = f"tail-{cid}.int8.onnx"
+                    _quantize(d / f"tail-{cid}.onnx", d / device_tail, specs,
+                              dict(zip(names, acts, strict=True)))
                 err = np.abs(out - ref)
                 cos = float(np.sum(out * ref) / (np.linalg.norm(out) * np.linalg.norm(ref)))
                 cuts.append(CutSpec(
-                    id=cid, depth=depth, depth_fraction=depth / (len(graph.cuts) + 1),
+                    id=cid, depth=depth, depth_fraction=depth / edge_depth,
                     tensors=specs, bytes=_nbytes(specs, 4), bytes_int8=_nbytes(specs, 1),
                     head=f"head-{cid}.int8.onnx", head_fp32=f"head-{cid}.onnx",
-                    tail=f"tail-{cid}.onnx",
+                    tail=f"tail-{cid}.onnx", head_flops=head_flops, tail_flops=tail_flops,
+                    device_tail=device_tail,
                     accuracy=Accuracy(max_abs=float(err.max()), mean_abs=float(err.mean()),
-                                      cosine=cos, samples=len(xs))))
-            cuts.append(CutSpec(id="edge", depth=len(graph.cuts) + 1, depth_fraction=1.0,
-                                tensors=[], bytes=0, bytes_int8=0, head="full.int8.onnx"))
+                                      cosine=cos, samples=len(ref))))
+            cuts.append(CutSpec(id="edge", depth=edge_depth, depth_fraction=1.0,
+                                tensors=[], bytes=0, bytes_int8=0, head="full.int8.onnx",
+                                head_flops=total))
             stage.set_manifest(Manifest(
                 name=name, version=version,
                 created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 source=f"tiersplit.devtools.bundles:{graph.model.graph.name}", opset=OPSET,
-                task="classification", inputs=graph.inputs, outputs=graph.outputs, cuts=cuts))
+                task="classification", inputs=inputs, outputs=graph.outputs, cuts=cuts,
+                privacy_audit=privacy_audit))
     return root / name / version
+
+
+def signing_keys(key_dir: Path) -> tuple[Path, Path]:
+    """``(secret, public)`` Ed25519 key files ``signing.key``/``.pub`` in ``key_dir``,
+    generated on first use."""
+    from transport import keys
+
+    secret, public = key_dir / "signing.key", key_dir / "signing.pub"
+    if secret.exists() and public.exists():
+        return secret, public
+    return keys.generate("ed25519", key_dir, "signing")
+
+
+def load_built(path: Path, root: Path, secret_key: Path, public_key: Path) -> BuiltBundle:
+    """A :class:`BuiltBundle` for a bundle already on disk (any builder's)."""
+    manifest = Manifest.model_validate(yaml.safe_load((path / MANIFEST).read_bytes()))
+    return BuiltBundle(path=path, root=root, public_key=public_key, secret_key=secret_key,
+                       name=manifest.name, version=manifest.version, manifest=manifest)
+
+
+def build_signed(root: Path, key_dir: Path, name: str, version: str,
+                 graph: Graph, **options: Any) -> BuiltBundle:
+    """Build ``graph`` as ``root/name/version``, signed with ``key_dir``'s signing key
+    (generated there on first use); ``options`` as :func:`build_bundle`'s."""
+    from transport import keys
+
+    secret, public = signing_keys(key_dir)
+    path = build_bundle(root, name, version, graph, keys.load_ed25519_private(secret),
+                        **options)
+    return load_built(path, root, secret, public)
+
+
+def build_edge_cnn(root: Path, key_dir: Path, name: str = "edge_cnn", version: str = "1",
+                   stages: tuple[int, ...] = (1, 2, 3, 4), seed: int = 0,
+                   **options: Any) -> BuiltBundle:
+    """Build :func:`edge_cnn` as ``root/name/version``, signed with ``key_dir``'s key;
+    ``options`` as :func:`build_bundle`'s (``device_tails``, ``privacy_audit``)."""
+    return build_signed(root, key_dir, name, version, edge_cnn(seed, stages), **options)
+
+
+def audit(risks: dict[str, float], metric: str = "ssim", codecs: tuple[str, ...] = ("raw",),
+          dcor: dict[str, float] | None = None) -> PrivacyAudit:
+    """A hand-written privacy audit for tests: ``risks`` is the reconstruction quality the
+    strongest attack reached per cut id (as ``tiersplit privacy audit`` would record it),
+    the same for every codec listed."""
+    rows = [CutRisk(cut=cid, depth=0, codec=codec, dcor=(dcor or {}).get(cid, risk),
+                    scores=[AttackScore(attack="decoder", **{metric: risk})])
+            for cid, risk in risks.items() for codec in codecs]
+    return PrivacyAudit(date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                        metric=metric, data="tiersplit.devtools.bundles:audit",  # type: ignore[arg-type]
+                        attack_train=0, attack_eval=0, attacks=["decoder"], codecs=list(codecs),
+                        cuts=rows)
 
 
 def reference(bundle: Bundle, cut: str, x: np.ndarray) -> tuple[dict[str, np.ndarray],
@@ -228,3 +457,11 @@ def reference(bundle: Bundle, cut: str, x: np.ndarray) -> tuple[dict[str, np.nda
     crossing = dict(zip([t.name for t in spec.tensors], acts, strict=True))
     tail = _run(bundle.file(spec.tail), crossing)[0]
     return crossing, tail, full
+
+
+def full_reference(bundle_path: Path, x: np.ndarray) -> np.ndarray:
+    """The fp32 full model's first output for ``x`` fed to its first input: the ground
+    truth int8 paths are compared to."""
+    manifest = Manifest.model_validate(yaml.safe_load((bundle_path / MANIFEST).read_bytes()))
+    out = _run(bundle_path / manifest.full_fp32, {manifest.inputs[0].name: x})
+    return out[0]

@@ -1,0 +1,272 @@
+"""Accuracy-bounded precision: for one head, the fastest recipe that meets the floor.
+
+Static QDQ int8 (per-channel weights, U8 activations) suits conv nets, whose activations
+are well-behaved; trained transformers have activation outliers that a static U8 range
+cannot hold, and dynamic int8 (weights per-channel, activations scaled per batch at run
+time, only MatMul/Gemm with constant weights) keeps them accurate. Each candidate is
+judged where it matters, at the model's outputs (head -> fp32 tail vs the fp32 model), on
+held-back samples. A recipe that misses the floor gets its most sensitive nodes back in
+float, their number growing fourfold per try until the floor holds; fp32 is the last
+resort, and also ships when every int8 head that met the floor measured clearly slower. Among the
+candidates that meet the floor, the one with the lowest measured latency ships.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from partitioner import ortutil
+from partitioner.errors import AccuracyError, QuantizationError
+from partitioner.quantize import CalibrationSet, QuantConfig, _DemoteRootRecords, quantize
+from partitioner.split import Comparison
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Candidate", "Floor", "Metric", "search"]
+
+Metric = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], float]
+_WEIGHTED = {"MatMul", "Gemm", "Conv"}
+_RANK_SAMPLES = 16
+_LATENCY_BUDGET_S = 0.4
+# int8 must be this much slower than fp32 before fp32 ships instead: below it, the
+# difference is timing noise on a shared machine and int8 still halves memory.
+_FP32_MARGIN = 1.15
+_FALLBACK_STEP = 4  # nodes restored to float grow 1, 4, 16...: each try recalibrates
+_WORTHWHILE = 0.6  # a passing head slower than this ratio still lets fallbacks be tried
+
+
+@dataclass(frozen=True)
+class Floor:
+    """What every shipped head must keep, measured at the model outputs vs fp32.
+
+    Attributes:
+        cosine: mean cosine similarity.
+        top1: top-1 agreement, applied to classifiers only.
+        metric / metric_name / metric_floor: a user metric ``fn(reference, actual)``
+            (higher is better) that must reach ``metric_floor``.
+    """
+
+    cosine: float = 0.99
+    top1: float | None = 0.99
+    metric: Metric | None = field(default=None, compare=False)
+    metric_name: str | None = None
+    metric_floor: float | None = None
+
+    def score(self, ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> float | None:
+        """The user metric, or None without one.
+
+        Raises:
+            AccuracyError: the metric raised or did not return a finite number.
+        """
+        if self.metric is None:
+            return None
+        try:
+            value = float(self.metric(ref, got))
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise AccuracyError(f"accuracy metric {self.metric_name} raised "
+                                f"{type(e).__name__}: {first}") from e
+        if not np.isfinite(value):
+            raise AccuracyError(f"accuracy metric {self.metric_name} returned {value}")
+        return value
+
+    def met(self, c: Comparison, metric: float | None, classification: bool) -> bool:
+        if c.cosine < self.cosine:
+            return False
+        if classification and self.top1 is not None and c.top1_agreement is not None \
+                and c.top1_agreement < self.top1:
+            return False
+        return not (self.metric_floor is not None and metric is not None
+                    and metric < self.metric_floor)
+
+
+@dataclass
+class Candidate:
+    """One evaluated head."""
+
+    recipe: str
+    model: onnx.ModelProto
+    comparison: Comparison
+    metric: float | None
+    excluded: list[str] = field(default_factory=list)
+    latency_ms: float = 0.0
+    meets: bool = False
+
+
+def latency_ms(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> float:
+    """Median batch-1 latency on one thread (what an edge device's single core sees)."""
+    sess = ortutil.session(model, threads=1)
+    names = {i.name for i in sess.get_inputs()}
+    one = {k: v[:1] for k, v in feeds.items() if k in names}
+    for _ in range(2):
+        sess.run(None, one)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 5 or (time.perf_counter() - start < _LATENCY_BUDGET_S
+                             and len(times) < 50):
+        t = time.perf_counter()
+        sess.run(None, one)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def _named(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every node named (quantizers exclude nodes by name)."""
+    seen: set[str] = set()
+    for i, n in enumerate(model.graph.node):
+        if not n.name or n.name in seen:
+            n.name = f"{n.op_type}_{i}"
+        seen.add(n.name)
+    return model
+
+
+def _weighted_nodes(model: onnx.ModelProto, ops: set[str]) -> list[onnx.NodeProto]:
+    weights = {w.name for w in model.graph.initializer}
+    return [n for n in model.graph.node
+            if n.op_type in ops and len(n.input) > 1 and n.input[1] in weights]
+
+
+def _dynamic(model: onnx.ModelProto, exclude: Sequence[str]) -> onnx.ModelProto:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="tiersplit-dyn-") as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save(model, str(src))
+        demote = _DemoteRootRecords()
+        logging.getLogger().addFilter(demote)
+        try:
+            quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"],
+                             per_channel=True, weight_type=QuantType.QInt8,
+                             nodes_to_exclude=list(exclude),
+                             extra_options={"MatMulConstBOnly": True})
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise QuantizationError(f"dynamic int8 quantization failed: {first}") from e
+        finally:
+            logging.getLogger().removeFilter(demote)
+        return onnx.load(str(dst))
+
+
+def _make(recipe: str, model: onnx.ModelProto, calib: CalibrationSet, quant: QuantConfig,
+          exclude: Sequence[str], what: str) -> onnx.ModelProto:
+    if recipe == "static-qdq":
+        return quantize(model, calib, quant, what=what, nodes_to_exclude=exclude)
+    return _dynamic(model, exclude)
+
+
+def _rank(fp32: onnx.ModelProto, quant: onnx.ModelProto, nodes: Sequence[onnx.NodeProto],
+          feeds: Mapping[str, np.ndarray]) -> list[str]:
+    """Quantized nodes, most error added first: relative error of each node's output
+    minus that of its input, both against the fp32 model, on a few samples."""
+    tensors: list[str] = []
+    for n in nodes:
+        tensors.extend(x for x in (n.input[0], n.output[0]) if x not in tensors)
+    known = {t for n in quant.graph.node for t in n.output} | {i.name for i in quant.graph.input}
+    tensors = [t for t in tensors if t in known]
+
+    def run(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        have = {o.name for o in probe.graph.output}
+        for t in tensors:
+            if t not in have:
+                probe.graph.output.append(helper.make_tensor_value_info(
+                    t, onnx.TensorProto.FLOAT, None))
+        sess = ortutil.session(probe)
+        names = [o.name for o in sess.get_outputs() if o.name in tensors]
+        ins = {i.name for i in sess.get_inputs()}
+        vals = sess.run(names, {k: v[:_RANK_SAMPLES] for k, v in feeds.items() if k in ins})
+        return dict(zip(names, vals, strict=True))
+
+    try:
+        ref, got = run(fp32), run(quant)
+    except Exception as e:  # ranking is an optimisation: fall back to graph order
+        log.debug("sensitivity ranking failed (%s); excluding in graph order", e)
+        return [n.name for n in nodes]
+
+    def err(t: str) -> float:
+        if t not in ref or t not in got or ref[t].shape != got[t].shape:
+            return 0.0
+        r = ref[t].astype(np.float64)
+        return float(np.linalg.norm(got[t] - r) / max(np.linalg.norm(r), 1e-12))
+
+    added = {n.name: err(n.output[0]) - err(n.input[0]) for n in nodes}
+    return sorted(added, key=lambda k: -added[k])
+
+
+def search(head: onnx.ModelProto, evaluate: Callable[[onnx.ModelProto], tuple[Comparison,
+           float | None]], calib: CalibrationSet, feeds: Mapping[str, np.ndarray],
+           floor: Floor, classification: bool, *, quant: QuantConfig | None = None,
+           what: str = "head", tick: Callable[[str], None] | None = None,
+           ) -> tuple[Candidate | None, list[Candidate], float]:
+    """Try the recipes on ``head``; return (the fastest candidate meeting the floor or
+    None, every candidate tried, fp32 latency in ms).
+
+    Args:
+        evaluate: model -> (comparison at the model outputs, user metric) on the
+            held-back samples.
+        feeds: held-back inputs (latency and sensitivity ranking use a few of them).
+        tick: progress callback, one call per candidate.
+
+    Raises:
+        AccuracyError: the user metric failed.
+    """
+    quant = quant or QuantConfig()
+    head = _named(head)
+    tick = tick or (lambda _desc: None)
+    tried: list[Candidate] = []
+
+    def attempt(recipe: str, exclude: Sequence[str]) -> Candidate | None:
+        label = recipe + ("+fallback" if exclude else "")
+        try:
+            model = (head if recipe == "fp32" else
+                     _make(recipe, head, calib, quant, exclude, what))
+        except QuantizationError as e:
+            log.info("%s: %s not possible: %s", what, label, e)
+            return None
+        cmp, metric = evaluate(model)
+        cand = Candidate(label, model, cmp, metric, list(exclude),
+                         meets=floor.met(cmp, metric, classification))
+        if cand.meets:
+            cand.latency_ms = latency_ms(model, feeds)
+        tried.append(cand)
+        tick(f"{what}: {label} cos {cmp.cosine:.4f}")
+        return cand
+
+    recipes = ["static-qdq"]
+    if _weighted_nodes(head, {"MatMul", "Gemm"}):
+        recipes.append("dynamic-int8")
+    firsts = [c for c in (attempt(r, ()) for r in recipes) if c is not None]
+    fp32_ms = latency_ms(head, feeds)
+    # Fallback: each recipe that missed the floor, best first, gets its most sensitive
+    # nodes back in float, until some head meets the floor at a worthwhile speed-up.
+    for first in sorted(firsts, key=lambda c: -c.comparison.cosine):
+        if first.meets or any(c.meets and c.latency_ms <= _WORTHWHILE * fp32_ms
+                              for c in tried):
+            continue
+        ops = _WEIGHTED if first.recipe == "static-qdq" else {"MatMul", "Gemm"}
+        order = _rank(head, first.model, _weighted_nodes(head, ops), feeds)
+        k = 1
+        while k < len(order):
+            cand = attempt(first.recipe, order[:k])
+            if cand is not None and cand.meets:
+                break
+            k *= _FALLBACK_STEP
+    passing = [c for c in tried if c.meets]
+    if not passing or min(c.latency_ms for c in passing) > _FP32_MARGIN * fp32_ms:
+        cand = attempt("fp32", ())  # exact, and faster than every int8 head that passed
+        if cand is not None and cand.meets:
+            cand.latency_ms = fp32_ms
+            passing.append(cand)
+    chosen = min(passing, key=lambda c: c.latency_ms) if passing else None
+    return chosen, tried, fp32_ms

@@ -1,0 +1,1 @@
+"""The README's journeys, run as written."""

@@ -1,0 +1,46 @@
+"""Every command of the README's journeys runs, in order, in a copy of the repository.
+
+The README is the test's script: a command added, changed or broken there is run, or
+fails, here. Real processes on loopback (free ports), a real partition of the journeys'
+small model, the real agent answering a real KServe v2 client.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.journeys.readme import PortMap, journey_commands
+from tests.journeys.runner import JourneyRunner, copy_repository
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_every_journey_command_runs(tmp_path: Path) -> None:
+    commands = journey_commands((REPO / "README.md").read_text())
+    work = copy_repository(REPO, tmp_path / "repo")
+    ports = PortMap.for_configs(work / "configs")
+    ports.rewrite_configs(work / "configs")
+    runner = JourneyRunner(work, tmp_path / "root", ports)
+    try:
+        for cmd in commands:
+            runner.run(cmd)
+    finally:
+        runner.close()
+    # The story reaches a running agent that an application calls.
+    assert [c.words()[:3] for c in commands if c.is_service] == [
+        ["tiersplit", "cloud", "serve"], ["tiersplit", "edge", "run"]]
+    assert any("tritonclient" in c.text for c in commands)
+    assert len(runner.outputs) == len(commands)
+    assert not [p for p in runner.pids if _alive(p)], "a service outlived the test"
