@@ -80,6 +80,21 @@ class Pending:
         with self._lock:
             self._pings.pop(nonce, None)
 
+    def await_pong(self, nonce: int, fut: Future, timeout: float,
+                   frames: Sequence[bytes | memoryview]) -> PingResult:
+        """The pong of a sent ping, with the ping's wire size as its uplink bytes.
+
+        Raises:
+            LinkTimeout: no pong within ``timeout`` (the ping is forgotten).
+        """
+        try:
+            res = fut.result(timeout)
+        except TimeoutError:
+            self.drop_ping(nonce)
+            raise LinkTimeout(f"no pong within {timeout:.1f} s") from None
+        res.up_bytes = wire.wire_bytes(frames)
+        return res
+
     def resolve(self, reply: Reply) -> None:
         with self._lock:
             fut = self._requests.pop(reply.request_id, None)

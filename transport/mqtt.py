@@ -58,7 +58,6 @@ from transport.errors import (
     ClockSkewError,
     KeyFileError,
     LinkClosed,
-    LinkTimeout,
     TransportError,
     WireError,
 )
@@ -478,13 +477,7 @@ class MqttClientLink(LinkState, ClientLink):
         except LinkClosed:
             self._pending.drop_ping(nonce)
             raise
-        try:
-            res = fut.result(timeout)
-        except TimeoutError:
-            self._pending.drop_ping(nonce)
-            raise LinkTimeout(f"no pong within {timeout:.1f} s") from None
-        res.up_bytes = wire.wire_bytes(frames)
-        return res
+        return self._pending.await_pong(nonce, fut, timeout, frames)
 
     def close(self) -> None:
         if self._closed.is_set():

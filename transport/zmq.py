@@ -45,7 +45,7 @@ from transport._common import (
 )
 from transport.base import ClientLink, PingResult, ServerHandler, ServerLink
 from transport.config import ZmqClientConfig, ZmqServerConfig
-from transport.errors import AuthError, KeyFileError, LinkClosed, LinkTimeout
+from transport.errors import AuthError, KeyFileError, LinkClosed
 from transport.messages import Ping, Pong, Reply, Request
 
 __all__ = ["ZmqClientLink", "ZmqServerLink", "load_curve_allow_list"]
@@ -398,13 +398,7 @@ class ZmqClientLink(LinkState, ClientLink):
                                   payload=bytes(payload_bytes), reply_bytes=reply_bytes))
         self._outbox.append((nonce, frames))
         self._waker.wake()
-        try:
-            res = fut.result(timeout)
-        except TimeoutError:
-            self._pending.drop_ping(nonce)
-            raise LinkTimeout(f"no pong within {timeout:.1f} s") from None
-        res.up_bytes = wire.wire_bytes(frames)
-        return res
+        return self._pending.await_pong(nonce, fut, timeout, frames)
 
     def close(self) -> None:
         if self._closed.is_set():
