@@ -118,14 +118,15 @@ def test_cut_moves_within_three_requests_of_a_10x_drop_and_recovery(
         edge_bundle, ring, emulator, make_agent) -> None:
     """Down: the requests themselves show it (two slow ones confirm). Back up: on the
     device nothing is sent, so the probes show it (a suspicious probe is confirmed at
-    once); requests here come at an app's pace, 10 per second."""
+    once). Requests come at an app's pace: 10 per second while they carry the news, 3 per
+    second on the device, where only the probes (every 0.15 s) can see the link return."""
     agent = _agent(make_agent, edge_bundle, ring, emulator, probe_interval_s=0.15)
     fast = _settle(agent, lambda c: c == "k2", pause_s=0.1)
     _set_rate(emulator, SLOW)
     down = _requests_to_move(agent, fast, pause_s=0.1)
     slow = _cut(agent)
     _set_rate(emulator, FAST)
-    up = _requests_to_move(agent, slow, pause_s=0.1)
+    up = _requests_to_move(agent, slow, pause_s=0.3)
     back = _cut(agent)
     print(f"REACTION requests to move: 10x drop {down} ({fast}->{slow}), "
           f"recovery {up} ({slow}->{back})")
