@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 
 from cloud_core.errors import ConfigError
 from contract import config as kit
-from contract.config import ConfigPath, StrictModel
+from contract.config import ConfigPath, StrictModel, is_loopback
 from transport.config import ServerLinkConfig
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,6 @@ __all__ = [
     "HttpConfig",
     "LimitsConfig",
     "ModelRef",
-    "is_loopback",
     "load_config",
     "parse_config",
 ]
@@ -109,14 +108,6 @@ class HttpConfig(StrictModel):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9300, ge=0, le=65535)
-
-
-_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only accepts connections from this machine (127.0.0.0/8, ::1)."""
-    return host in _LOOPBACK or host.startswith("127.")
 
 
 class AdminConfig(StrictModel):
