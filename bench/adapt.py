@@ -186,7 +186,8 @@ class Rig:
                             "allowed_keys_dir": str(self.kdir / "agents")}],
             "batching": {"max_batch": 8, "max_queue_delay_ms": 0.5},
             "backend": {"kind": "onnxruntime", "device": "cpu", "threads": 1},
-            "executor_workers": 1, "http": {"port": 0}, "grace_s": 2}))
+            "executor_workers": 1, "http": {"port": 0}, "admin": {"port": 0},
+            "grace_s": 2}))
         self.cloud = Service("cloud", tiersplit_cmd("cloud", "serve", "--config", str(cfg)),
                              log_path=work / "cloud.log")
         self.services.append(self.cloud)

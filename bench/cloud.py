@@ -121,7 +121,7 @@ def _config(tmp: Path, public: Path, max_batch: int, delay_ms: float, workers: i
         "batching": {"max_batch": max_batch, "max_queue_delay_ms": delay_ms,
                      "max_queue": 4096},
         "backend": {"kind": backend, "device": device},
-        "executor_workers": workers, "http": {"port": 0},
+        "executor_workers": workers, "http": {"port": 0}, "admin": {"port": 0},
     }, kdir
 
 
@@ -295,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                     results[(label, n)] = _bench_core(endpoint, http, bundle, kdir, n,
                                                       seconds, warmup)
             core = CloudCore(parse_config({**cfg, "transports": [],
-                                           "http": {"enabled": False}}), links=[])
+                                           "http": {"enabled": False},
+                                           "admin": {"enabled": False}}), links=[])
             core.start()
             try:
                 for n in SENDERS:

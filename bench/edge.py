@@ -78,7 +78,7 @@ def _start_cloud(work: Path, repo: Path, model: str, pub: Path, k: dict[str, Pat
                         "allowed_keys_dir": str(k["allowed"])}],
         "batching": {"max_batch": 8, "max_queue_delay_ms": 0.5},
         "backend": {"kind": "onnxruntime", "device": "cpu", "threads": threads},
-        "executor_workers": 1, "http": {"port": 0}, "grace_s": 1,
+        "executor_workers": 1, "http": {"port": 0}, "admin": {"port": 0}, "grace_s": 1,
     }
     path = work / "cloud.yaml"
     path.write_text(yaml.safe_dump(cfg))

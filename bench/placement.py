@@ -247,7 +247,8 @@ def _cloud_process(repo: str, models: list[str], conn) -> None:
         "transports": [{"kind": "zmq", "endpoints": ["tcp://127.0.0.1:0"], "insecure": True}],
         "batching": {"max_batch": 8, "max_queue_delay_ms": 0.0},
         "backend": {"kind": "onnxruntime", "device": "cpu", "threads": 1},
-        "executor_workers": 1, "http": {"enabled": False}, "grace_s": 1.0,
+        "executor_workers": 1, "http": {"enabled": False}, "admin": {"enabled": False},
+        "grace_s": 1.0,
     })
     core = CloudCore(cfg)
     core.start()

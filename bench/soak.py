@@ -118,7 +118,8 @@ def start_fleet(run: Path, repo: Path, signing_pub: Path, n_clouds: int, n_agent
                                    "heartbeat_ivl_ms": 500, "heartbeat_timeout_ms": 2000}],
                    "batching": {"max_batch": 16, "max_queue_delay_ms": 2.0, "max_queue": 256},
                    "backend": {"kind": "onnxruntime", "device": "cpu", "threads": 1},
-                   "executor_workers": 2, "http": {"port": 0}, "grace_s": 5}
+                   "executor_workers": 2, "http": {"port": 0}, "admin": {"port": 0},
+                   "grace_s": 5}
             path = _yaml(run / f"cloud-{c}.yaml", doc)
             fleet.clouds.append(Service(f"cloud-{c}", tiersplit_cmd(
                 "cloud", "serve", "--config", str(path)), log_path=run / f"cloud-{c}.log"

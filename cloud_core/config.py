@@ -11,6 +11,7 @@ be overridden from the environment (``TIERSPLIT_BATCHING__MAX_BATCH=32``), see
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,10 +19,13 @@ from pydantic import Field, model_validator
 
 from cloud_core.errors import ConfigError
 from contract import config as kit
-from contract.config import ConfigPath, StrictModel
+from contract.config import ConfigPath, StrictModel, is_loopback
 from transport.config import ServerLinkConfig
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "AdminConfig",
     "BackendConfig",
     "BatchingConfig",
     "CloudConfig",
@@ -104,8 +108,43 @@ class HttpConfig(StrictModel):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9300, ge=0, le=65535)
-    admin_token_file: ConfigPath | None = Field(
-        None, description="if set, admin endpoints need 'Authorization: Bearer <token>'")
+
+
+class AdminConfig(StrictModel):
+    """The admin API's own listener (load, unload, pin, rollback, keys reload).
+
+    Closed by default: on loopback without credentials every call is refused; on any other
+    address ``token_file`` or ``client_ca`` is required (a config error otherwise), so a
+    pod address never exposes model control to whoever can reach it. ``port: 0`` picks a
+    free port. ``audit_log`` unset writes JSON lines to the ``tiersplit.audit`` logger.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9301, ge=0, le=65535)
+    token_file: ConfigPath | None = Field(
+        None, description="bearer token file (0600 or a Kubernetes Secret); SIGHUP re-reads it")
+    client_ca: ConfigPath | None = Field(
+        None, description="CA that client certificates must chain to (mTLS); needs "
+        "server_cert and server_key")
+    server_cert: ConfigPath | None = None
+    server_key: ConfigPath | None = None
+    audit_log: ConfigPath | None = Field(
+        None, description="JSON-lines audit file; unset: the 'tiersplit.audit' logger")
+    auth_failures_per_minute: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _credentials_off_loopback(self) -> AdminConfig:
+        if self.client_ca is not None and (self.server_cert is None or self.server_key is None):
+            raise ValueError("admin.client_ca needs admin.server_cert and admin.server_key "
+                             "(mTLS serves TLS itself)")
+        if (self.server_cert is None) != (self.server_key is None):
+            raise ValueError("admin.server_cert and admin.server_key go together")
+        if not is_loopback(self.host) and self.token_file is None and self.client_ca is None:
+            raise ValueError(f"admin.host {self.host!r} is not loopback and the admin API has "
+                             "no credentials: set admin.token_file (a bearer token file) or "
+                             "admin.client_ca, or bind admin.host: 127.0.0.1")
+        return self
 
 
 class LimitsConfig(StrictModel):
@@ -136,9 +175,25 @@ class CloudConfig(StrictModel):
     backend: BackendConfig = Field(default_factory=BackendConfig)
     executor_workers: int = Field(2, ge=1, le=256)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     grace_s: float = Field(10.0, ge=0)
     debug: DebugConfig = Field(default_factory=DebugConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _move_deprecated_token(cls, data: Any) -> Any:
+        # http.admin_token_file predates the separate admin listener; it now means
+        # admin.token_file (the admin API no longer shares the metrics port).
+        http = data.get("http") if isinstance(data, dict) else None
+        if isinstance(http, dict) and "admin_token_file" in http:
+            http = dict(http)
+            token = http.pop("admin_token_file")
+            admin = dict(data.get("admin") or {})
+            admin.setdefault("token_file", token)
+            data = {**data, "http": http, "admin": admin}
+            log.warning("http.admin_token_file is deprecated; use admin.token_file")
+        return data
 
     @model_validator(mode="after")
     def _key_or_unsigned(self) -> CloudConfig:

@@ -1,32 +1,35 @@
-"""HTTP face of a cloud core: Prometheus ``/metrics``, health probes and the admin API.
+"""HTTP faces of a cloud core: the open listener and the admin listener.
 
-Starlette app served by uvicorn in one named thread on a socket we bind ourselves (so
+The open listener (``http:``) serves Prometheus ``/metrics`` and the health probes; they
+reveal no tensor data, so Prometheus and the kubelet reach them without credentials. The
+admin API (``admin:``) has its own listener, loopback by default, and every call passes
+:class:`cloud_core.admin.Authenticator` (bearer token or verified client certificate) and
+lands in the audit log; without credentials every call is refused with 401.
+
+Starlette apps served by uvicorn in named threads on sockets we bind ourselves (so
 ``port: 0`` works and the URL is known before the thread runs). Admin endpoints call the
 core's blocking methods; Starlette runs sync endpoints in its thread pool, so a bundle
 load never stalls ``/metrics``.
 
 Routes::
 
-    GET  /metrics                                   Prometheus text format
-    GET  /health/live                               200 while the process serves HTTP
-    GET  /health/ready                              200 when models are loaded and links bound
-    GET  /v1/load                                   the LoadReport agents get in pongs
-    GET  /v1/models                                 loaded versions (active, pinned, digest)
-    POST /v1/models/{name}/versions/{version}/load
-    POST /v1/models/{name}/versions/{version}/unload
-    POST /v1/models/{name}/versions/{version}/pin
-    POST /v1/models/{name}/unpin
-    POST /v1/models/{name}/rollback
-    POST /v1/keys/reload                            re-read the links' agent allow-lists
-
-With ``http.admin_token_file`` set, ``/v1/*`` needs ``Authorization: Bearer <token>``.
+    open:   GET  /metrics, /health/live, /health/ready
+    admin:  GET  /v1/load                                   the LoadReport agents get in pongs
+            GET  /v1/models                                 loaded versions
+            POST /v1/models/{name}/versions/{version}/load
+            POST /v1/models/{name}/versions/{version}/unload
+            POST /v1/models/{name}/versions/{version}/pin
+            POST /v1/models/{name}/unpin
+            POST /v1/models/{name}/rollback
+            POST /v1/keys/reload                            re-read the links' agent allow-lists
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import logging
 import socket
+import ssl
 import threading
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -36,41 +39,23 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from cloud_core.config import HttpConfig
+from cloud_core.admin import AuditLog, Authenticator
 from cloud_core.errors import CloudError, RepositoryError
 
 if TYPE_CHECKING:
     from cloud_core.server import CloudCore
 
-__all__ = ["HttpServer", "make_app"]
+__all__ = ["HttpServer", "make_admin_app", "make_app"]
 
 log = logging.getLogger(__name__)
 
 _START_TIMEOUT_S = 10.0
 
 
-def make_app(core: CloudCore, token: str | None = None) -> Starlette:
-    """The Starlette app for ``core`` (no I/O of its own; testable with a TestClient)."""
-
-    def authorized(request: Request) -> bool:
-        if token is None:
-            return True
-        got = request.headers.get("authorization", "")
-        return hmac.compare_digest(got.encode(), f"Bearer {token}".encode())
-
-    def admin(fn: Any) -> Any:
-        def endpoint(request: Request) -> Response:
-            if not authorized(request):
-                return JSONResponse({"error": "admin token required"}, status_code=401)
-            try:
-                return JSONResponse(fn(request, **request.path_params))
-            except RepositoryError as e:
-                code = 404 if "not loaded" in str(e) or "no bundle" in str(e) else 409
-                return JSONResponse({"error": str(e)}, status_code=code)
-            except CloudError as e:
-                return JSONResponse({"error": str(e)}, status_code=400)
-        return endpoint
+def make_app(core: CloudCore) -> Starlette:
+    """The open app: metrics and probes (no I/O of its own; testable with a TestClient)."""
 
     def metrics(request: Request) -> Response:
         return Response(core.metrics.render(),
@@ -84,43 +69,102 @@ def make_app(core: CloudCore, token: str | None = None) -> Starlette:
         return JSONResponse({"status": "ready" if ok else "not ready", "state": core.state},
                             status_code=200 if ok else 503)
 
+    return Starlette(routes=[Route("/metrics", metrics), Route("/health/live", live),
+                             Route("/health/ready", ready)])
+
+
+def _client_subject(request: Request) -> str | None:
+    return request.scope.get("extensions", {}).get("tls", {}).get("client_subject")
+
+
+def make_admin_app(core: CloudCore, auth: Authenticator, audit: AuditLog) -> Starlette:
+    """The admin app: every route authenticated, counted and audited."""
+    m = core.metrics
+
+    def admin(action: str, fn: Any) -> Any:
+        def endpoint(request: Request) -> Response:
+            source = request.client.host if request.client else "-"
+            target = "/".join(str(v) for v in request.path_params.values())
+            decision = auth.authenticate(source, request.headers.get("authorization"),
+                                         _client_subject(request))
+            if not decision.allowed:
+                m.admin_auth_failures.inc()
+                m.admin_requests.labels(action, decision.result).inc()
+                status = 429 if decision.result == "rate_limited" else 401
+                audit.record(who=None, source=source, action=action, target=target,
+                             result=decision.result, status=status)
+                msg = ("too many failed authentications; wait a minute"
+                       if status == 429 else "admin credentials required")
+                return JSONResponse({"error": msg}, status_code=status,
+                                    headers={"WWW-Authenticate": "Bearer"})
+            try:
+                resp = JSONResponse(fn(request, **request.path_params))
+            except RepositoryError as e:
+                code = 404 if "not loaded" in str(e) or "no bundle" in str(e) else 409
+                resp = JSONResponse({"error": str(e)}, status_code=code)
+            except CloudError as e:
+                resp = JSONResponse({"error": str(e)}, status_code=400)
+            result = "ok" if resp.status_code < 400 else "error"
+            m.admin_requests.labels(action, result).inc()
+            audit.record(who=decision.principal, source=source, action=action, target=target,
+                         result=result, status=resp.status_code)
+            return resp
+        return endpoint
+
     routes = [
-        Route("/metrics", metrics),
-        Route("/health/live", live),
-        Route("/health/ready", ready),
-        Route("/v1/load", admin(lambda r: asdict(core.load()))),
-        Route("/v1/models", admin(lambda r: {"models": core.models()})),
+        Route("/v1/load", admin("load_report", lambda r: asdict(core.load()))),
+        Route("/v1/models", admin("list", lambda r: {"models": core.models()})),
         Route("/v1/models/{name}/versions/{version}/load", methods=["POST"],
-              endpoint=admin(lambda r, name, version: core.load_model(name, version))),
+              endpoint=admin("load", lambda r, name, version: core.load_model(name, version))),
         Route("/v1/models/{name}/versions/{version}/unload", methods=["POST"],
-              endpoint=admin(lambda r, name, version: (core.unload_model(name, version),
-                                                       {"unloaded": f"{name}:{version}"})[1])),
+              endpoint=admin("unload", lambda r, name, version: (
+                  core.unload_model(name, version), {"unloaded": f"{name}:{version}"})[1])),
         Route("/v1/models/{name}/versions/{version}/pin", methods=["POST"],
-              endpoint=admin(lambda r, name, version: (core.pin_model(name, version),
-                                                       {"pinned": f"{name}:{version}"})[1])),
+              endpoint=admin("pin", lambda r, name, version: (
+                  core.pin_model(name, version), {"pinned": f"{name}:{version}"})[1])),
         Route("/v1/models/{name}/unpin", methods=["POST"],
-              endpoint=admin(lambda r, name: (core.repository.unpin(name),
-                                              {"unpinned": name})[1])),
+              endpoint=admin("unpin", lambda r, name: (core.repository.unpin(name),
+                                                       {"unpinned": name})[1])),
         Route("/v1/models/{name}/rollback", methods=["POST"],
-              endpoint=admin(lambda r, name: {"active": core.rollback_model(name)})),
+              endpoint=admin("rollback", lambda r, name: {"active": core.rollback_model(name)})),
         Route("/v1/keys/reload", methods=["POST"],
-              endpoint=admin(lambda r: {"allowed": core.reload_keys()})),
+              endpoint=admin("keys_reload", lambda r: {"allowed": core.reload_keys()})),
     ]
     return Starlette(routes=routes)
 
 
-class HttpServer:
-    """uvicorn in a named daemon thread; ``start`` waits until it serves, ``stop`` joins."""
+class _PeerCertH11(H11Protocol):
+    """h11 protocol that hands the verified client certificate's subject to the app
+    (uvicorn does not put TLS details in the ASGI scope)."""
 
-    def __init__(self, core: CloudCore, cfg: HttpConfig) -> None:
-        token = None
-        if cfg.admin_token_file is not None:
-            try:
-                token = cfg.admin_token_file.read_text().strip()
-            except OSError as e:
-                raise RepositoryError(f"http.admin_token_file unreadable: {e.strerror}") from e
-        self._app = make_app(core, token)
-        self._cfg = cfg
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_obj = transport.get_extra_info("ssl_object")
+        cert = ssl_obj.getpeercert() if ssl_obj is not None else None
+        subject = None
+        if cert:
+            subject = ",".join(f"{k}={v}" for rdn in cert.get("subject", ())
+                               for k, v in rdn)
+        inner = self.app
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            ext = dict(scope.get("extensions") or {})
+            ext["tls"] = {"client_subject": subject}
+            await inner({**scope, "extensions": ext}, receive, send)
+
+        self.app = app
+
+
+class HttpServer:
+    """One uvicorn app in a named daemon thread; ``start`` waits until it serves."""
+
+    def __init__(self, app: Starlette, host: str, port: int, name: str = "cloud-http",
+                 tls: dict[str, Any] | None = None) -> None:
+        self._app = app
+        self._host = host
+        self._port = port
+        self._name = name
+        self._tls = tls or {}
         self._sock: socket.socket | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -129,20 +173,28 @@ class HttpServer:
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("HttpServer already started")
-        family = socket.AF_INET6 if ":" in self._cfg.host else socket.AF_INET
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self._cfg.host, self._cfg.port))
+        sock.bind((self._host, self._port))
         sock.listen(128)
         self._sock = sock
         port = sock.getsockname()[1]
-        host = f"[{self._cfg.host}]" if family == socket.AF_INET6 else self._cfg.host
-        self.url = f"http://{host}:{port}"
+        host = f"[{self._host}]" if family == socket.AF_INET6 else self._host
+        scheme = "https" if self._tls else "http"
+        self.url = f"{scheme}://{host}:{port}"
+        extra: dict[str, Any] = {}
+        if self._tls:
+            extra = {"ssl_certfile": str(self._tls["cert"]), "ssl_keyfile": str(self._tls["key"]),
+                     "http": _PeerCertH11}
+            if self._tls.get("client_ca") is not None:
+                extra.update(ssl_ca_certs=str(self._tls["client_ca"]),
+                             ssl_cert_reqs=ssl.CERT_REQUIRED)
         config = uvicorn.Config(self._app, log_level="warning", lifespan="off",
-                                access_log=False)
+                                access_log=False, **extra)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name="cloud-http", daemon=True)
+                                        name=self._name, daemon=True)
         self._thread.start()
         waited = 0.0
         while not self._server.started and waited < _START_TIMEOUT_S:
@@ -153,7 +205,7 @@ class HttpServer:
         if not self._server.started:
             raise RuntimeError(f"HTTP server on {self.url} did not start in "
                                f"{_START_TIMEOUT_S:.0f} s")
-        log.info("http on %s", self.url)
+        log.info("%s on %s", self._name, self.url)
 
     def stop(self) -> None:
         if self._server is None or self._thread is None:

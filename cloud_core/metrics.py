@@ -15,6 +15,8 @@ Every duration is in seconds, as Prometheus conventions ask:
 - ``tiersplit_cloud_queue_seconds{model,cut}`` / ``tiersplit_cloud_compute_seconds{model,cut}``.
 - ``tiersplit_cloud_backend_calls_total{backend}`` / ``..._backend_items_total{backend}``:
   proof that refused requests cost no compute.
+- ``tiersplit_cloud_admin_requests_total{action,result}`` /
+  ``tiersplit_cloud_admin_auth_failures_total``: the admin plane's calls and refusals.
 - ``tiersplit_cloud_models_loaded``: loaded bundle versions.
 - ``tiersplit_cloud_agents{model,version}``: distinct agents served in the last
   ``AGENT_WINDOW_S`` seconds, per bundle version (which version the fleet runs; fed by
@@ -122,6 +124,14 @@ class CloudMetrics:
         r = self.registry
         self.requests = Counter("tiersplit_cloud_requests_total", "Requests answered, by status",
                                 ["model", "cut", "status"], registry=r)
+        self.admin_requests = Counter(
+            "tiersplit_cloud_admin_requests_total",
+            "Admin API calls, by action and result (ok, error, unauthorized, rate_limited)",
+            ["action", "result"], registry=r)
+        self.admin_auth_failures = Counter(
+            "tiersplit_cloud_admin_auth_failures_total",
+            "Admin API calls refused for missing, wrong or rate-limited credentials",
+            registry=r)
         self.rejected = Counter("tiersplit_cloud_rejected_total",
                                 "Requests refused before compute, by reason", ["reason"],
                                 registry=r)

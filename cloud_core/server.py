@@ -77,6 +77,8 @@ class CloudCore:
         self._count_lock = threading.Lock()
         self._depths: dict[tuple[Any, ...], int] = {}  # queue depth by batcher key
         self._http: Any = None
+        self._admin: Any = None
+        self._tokens: Any = None
         key = None
         if config.signing_public_key is not None:
             from transport import keys
@@ -123,13 +125,12 @@ class CloudCore:
             for link in self._links:
                 link.start(self)
                 started.append(link)
-            if self.config.http.enabled:
-                from cloud_core.http import HttpServer
-
-                self._http = HttpServer(self, self.config.http)
-                self._http.start()
+            self._start_http()
         except BaseException:
             self._state = "stopped"
+            for server in (self._admin, self._http):
+                if server is not None:
+                    server.stop()
             for link in reversed(started):
                 try:
                     link.stop()
@@ -139,7 +140,29 @@ class CloudCore:
             self.repository.close()
             raise
         self._state = "running"
-        log.info("cloud core ready: %s http=%s", self.endpoints_by_kind, self.http_url)
+        log.info("cloud core ready: %s http=%s admin=%s", self.endpoints_by_kind,
+                 self.http_url, self.admin_url)
+
+    def _start_http(self) -> None:
+        from cloud_core.admin import AuditLog, Authenticator, FailureLimiter, TokenStore
+        from cloud_core.http import HttpServer, make_admin_app, make_app
+
+        if self.config.http.enabled:
+            h = self.config.http
+            self._http = HttpServer(make_app(self), h.host, h.port, name="cloud-http")
+            self._http.start()
+        a = self.config.admin
+        if not a.enabled:
+            return
+        self._tokens = TokenStore(a.token_file) if a.token_file is not None else None
+        auth = Authenticator(self._tokens, FailureLimiter(a.auth_failures_per_minute),
+                             mtls=a.client_ca is not None)
+        tls = None
+        if a.server_cert is not None and a.server_key is not None:
+            tls = {"cert": a.server_cert, "key": a.server_key, "client_ca": a.client_ca}
+        self._admin = HttpServer(make_admin_app(self, auth, AuditLog(a.audit_log)), a.host,
+                                 a.port, name="cloud-admin", tls=tls)
+        self._admin.start()
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting (new requests get UNAVAILABLE), finish queued and in-flight
@@ -157,8 +180,9 @@ class CloudCore:
                 link.stop()
             except Exception:
                 log.exception("stopping link")
-        if self._http is not None:
-            self._http.stop()
+        for server in (self._admin, self._http):
+            if server is not None:
+                server.stop()
         self.repository.close()
         self._state = "stopped"
         log.info("cloud core stopped")
@@ -187,6 +211,10 @@ class CloudCore:
     @property
     def http_url(self) -> str | None:
         return self._http.url if self._http is not None else None
+
+    @property
+    def admin_url(self) -> str | None:
+        return self._admin.url if self._admin is not None else None
 
     # -- ServerHandler ---------------------------------------------------------------
     def on_request(self, request: Request, responder: Responder) -> None:
@@ -330,6 +358,12 @@ class CloudCore:
         active, old = self.repository.rollback(name)
         self._retire(old)
         return active
+
+    def reload_admin_token(self) -> None:
+        """Re-read ``admin.token_file`` (SIGHUP): the rotated token works, the old one no
+        longer does. A no-op without a token file; on a read error the old token stays."""
+        if self._tokens is not None:
+            self._tokens.reload()
 
     def reload_keys(self) -> dict[str, int]:
         """Re-read every link's allow-list (new and established peers are re-checked)."""

@@ -24,12 +24,18 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, Va
 from contract.errors import ConfigError
 
 __all__ = ["ENV_PREFIX", "ConfigError", "ConfigPath", "StrictModel", "apply_env_overrides",
-           "env_overrides", "format_validation_error", "load_yaml", "parse"]
+           "env_overrides", "format_validation_error", "is_loopback", "load_yaml", "parse"]
 
 #: Environment variables starting with this override config settings.
 ENV_PREFIX = "TIERSPLIT_"
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only accepts connections from this machine (127.0.0.0/8,
+    ``::1``, ``localhost``); the rule for which listeners may run without credentials."""
+    return host in ("::1", "localhost") or host.startswith("127.")
 
 
 class StrictModel(BaseModel):

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from contract import config as kit
-from contract.config import ConfigPath, StrictModel
+from contract.config import ConfigPath, StrictModel, is_loopback
 from contract.privacy import PrivacyFloor
 from edge_agent.endpoints import region_allowed, resident
 from edge_agent.errors import ConfigError
@@ -79,7 +79,8 @@ class ApiConfig(StrictModel):
     """The local Open Inference Protocol (KServe v2) HTTP endpoint for applications.
 
     Attributes:
-        host: bind address; loopback by default (apps on the same device).
+        host: bind address; loopback by default (apps on the same device). Any other
+            address needs ``token`` or ``token_file`` (a config error otherwise).
         port: TCP port; 0 picks a free one (printed in the ``READY`` line).
         token: optional bearer token apps must send (``Authorization: Bearer ...``).
         token_file: alternatively, a 0600 file holding the token (preferred: keeps the
@@ -105,6 +106,10 @@ class ApiConfig(StrictModel):
     def _one_token_source(self) -> ApiConfig:
         if self.token is not None and self.token_file is not None:
             raise ValueError("set token or token_file, not both")
+        if not is_loopback(self.host) and self.token is None and self.token_file is None:
+            raise ValueError(f"api.host {self.host!r} is not loopback and the API has no "
+                             "credentials: set api.token_file (a 0600 bearer token file) or "
+                             "bind api.host: 127.0.0.1")
         return self
 
 

@@ -244,6 +244,7 @@ class Demo:
             "batching": {"max_batch": 16, "max_queue_delay_ms": 2.0, "max_queue": 256},
             "executor_workers": 1,
             "http": {"enabled": True, "host": "127.0.0.1", "port": 0},
+            "admin": {"port": 0},
             "grace_s": 5,
         })
         self.console.print("starting the cloud core...")

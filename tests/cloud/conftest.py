@@ -46,6 +46,7 @@ def config_for(repo: Repo, **over: Any) -> CloudConfig:
         "signing_public_key": str(repo.public_key),
         "models": [{"name": "mlp", "versions": ["all"]}, {"name": "cnn"}],
         "http": {"enabled": False},
+        "admin": {"enabled": False, "port": 0},
         "batching": {"max_batch": 8, "max_queue_delay_ms": 5, "max_queue": 64},
     }
     for k, v in over.items():

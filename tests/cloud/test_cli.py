@@ -22,7 +22,7 @@ def test_serve_with_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
 def test_serve_with_missing_bundle_is_one_line_exit_2(tmp_path: Path) -> None:
     cfg = tmp_path / "cloud.yaml"
     cfg.write_text("repository: r\nallow_unsigned: true\nmodels:\n  - name: ghost\n"
-                   "http:\n  enabled: false\n")
+                   "http:\n  enabled: false\nadmin:\n  enabled: false\n")
     r = CliRunner().invoke(app, ["cloud", "serve", "--config", str(cfg)])
     assert r.exit_code == 2 and "no bundles of model 'ghost'" in r.output
 

@@ -66,7 +66,7 @@ class Served:
         cfg: dict[str, Any] = {
             "repository": str(cloud_repo.root), "signing_public_key": str(cloud_repo.public_key),
             "models": [{"name": "mlp", "versions": ["all"]}, {"name": "cnn"}],
-            "transports": [link], "http": {"port": 0}, "grace_s": 20,
+            "transports": [link], "http": {"port": 0}, "admin": {"port": 0}, "grace_s": 20,
             "batching": {"max_batch": 64, "max_queue_delay_ms": 2},
             "limits": {"max_request_bytes": 2048},
         }

@@ -45,7 +45,7 @@ def test_pt2_tail_is_preferred_and_equals_onnx_tail(tmp_path) -> None:
     core = CloudCore(parse_config({
         "repository": str(tmp_path / "b"), "signing_public_key": str(public),
         "models": [{"name": "mlp"}], "backend": {"kind": "torch", "device": "cpu"},
-        "http": {"enabled": False}}), links=[])
+        "http": {"enabled": False}, "admin": {"enabled": False}}), links=[])
     core.start()
     try:
         lv = core.repository.active("mlp")

@@ -27,6 +27,7 @@ def test_zoo_bundles_served_equal_reference(zoo_bundles, backend: str) -> None:
         "repository": str(first.root), "signing_public_key": str(first.public_key),
         "models": [{"name": b.name, "versions": [b.version]} for b in zoo_bundles],
         "backend": {"kind": backend, "device": "cpu"}, "http": {"enabled": False},
+        "admin": {"enabled": False},
     }), links=[])
     core.start()
     try:

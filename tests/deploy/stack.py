@@ -88,7 +88,8 @@ def local_cloud_config(rendered: dict[str, Any], fleet: Fleet) -> dict[str, Any]
                          for t in rendered["transports"] if t["kind"] == "zmq"]
     token = fleet.root / "admin.token"
     keys.write_secret(token, b"t0ken-for-tests")
-    doc["http"] = dict(rendered["http"], host="127.0.0.1", port=0, admin_token_file=str(token))
+    doc["http"] = dict(rendered["http"], host="127.0.0.1", port=0)
+    doc["admin"] = dict(rendered.get("admin", {}), host="127.0.0.1", port=0, token_file=str(token))
     doc["backend"] = dict(rendered.get("backend", {}), device="cpu", threads=1)
     return doc
 

@@ -129,8 +129,11 @@ def test_services_expose_only_zmq_and_metrics(rendered: dict[str, render.Rendere
             assert sorted(p["port"] for p in ports) == sorted([zmq_port, http_port]), name
         core = next(c for c in _core(r)["containers"] if c["name"] == "core")
         assert sorted(p["containerPort"] for p in core["ports"]) == sorted([zmq_port, http_port])
-        assert cfg["http"]["admin_token_file"], "admin calls through the Service need a token"
         assert cfg["http"]["host"] == "0.0.0.0", "probes and scrapes come from outside the pod"
+        assert "admin_token_file" not in cfg["http"], "the admin API has its own listener"
+        assert cfg["admin"]["host"] == "127.0.0.1", "the admin API stays inside the pod"
+        assert cfg["admin"]["token_file"], "port-forwarded admin calls still need a token"
+        assert cfg["admin"]["port"] not in (http_port, zmq_port)
 
 
 def _mounts(r: render.Rendered) -> dict[str, dict[str, Any]]:
@@ -171,7 +174,7 @@ def test_every_path_in_cloud_yaml_is_mounted(rendered: dict[str, render.Rendered
 
         provided(cfg["repository"], is_dir=True)
         provided(cfg["signing_public_key"])
-        provided(cfg["http"]["admin_token_file"])
+        provided(cfg["admin"]["token_file"])
         for t in cfg["transports"]:
             provided(t["secret_key"])
             provided(t["allowed_keys_dir"], is_dir=True)
@@ -255,11 +258,12 @@ def test_cloud_yaml_of_every_overlay_is_a_valid_core_config(
 
 
 def test_admin_api_needs_the_mounted_token(rendered: dict[str, render.Rendered]) -> None:
-    """The admin API shares the probe/metrics listener today, so every ConfigMap makes it
-    require the bearer token mounted from Secret ``tiersplit-admin-token``."""
+    """The admin API has its own loopback listener in every ConfigMap, and still requires
+    the bearer token mounted from Secret ``tiersplit-admin-token`` (port-forwards reach it)."""
     for name, r in rendered.items():
         cfg = parse_config(_cloud_yaml(r), source=f"{name} ConfigMap")
-        assert str(cfg.http.admin_token_file) == "/etc/tiersplit/admin/token", name
+        assert cfg.admin.host == "127.0.0.1" and cfg.admin.port == 9301, name
+        assert str(cfg.admin.token_file) == "/etc/tiersplit/admin/token", name
 
 
 def test_gpu_triton_overlay_puts_triton_on_gpus(rendered: dict[str, render.Rendered]) -> None:

@@ -79,6 +79,7 @@ def start_cloud(work: Path, repo: Path, signing_pub: Path, ring: Keyring, model:
         "backend": {"kind": "onnxruntime", "device": "cpu", "threads": 1},
         "executor_workers": 1,
         "http": {"port": 0},
+        "admin": {"port": 0},
         "grace_s": 2,
     }
     cfg.update(overrides)

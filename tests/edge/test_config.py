@@ -25,6 +25,7 @@ def test_minimal_config_gets_documented_defaults() -> None:
     assert not cfg.policy.privacy_floor.risk_stated
     assert cfg.policy.estimator == "robust" and not cfg.policy.cascade.enabled
     assert cfg.api.host == "127.0.0.1"
+    assert parse_config(minimal(api={"host": "0.0.0.0", "token": "t"})).api.host == "0.0.0.0"
     assert cfg.endpoints == [] and cfg.allowed_regions is None
     assert cfg.codec == "int8+lz4"
 
@@ -41,6 +42,7 @@ def test_minimal_config_gets_documented_defaults() -> None:
      "policy.privacy_floor.max_reconstruction"),
     ({"policy": {"privacy_floor": {"max_ssim": 0.3}}}, "policy.privacy_floor.max_ssim"),
     ({"api": {"token": "a", "token_file": "/t"}}, "api: Value error, set token or token_file"),
+    ({"api": {"host": "0.0.0.0"}}, "api.host '0.0.0.0' is not loopback"),
     ({"runtime": {"intra_op_threads": 0}}, "runtime.intra_op_threads"),
     ({"deadlines": {"default_ms": -5}}, "deadlines.default_ms"),
     ({"agent_id": "bad id!"}, "agent_id"),

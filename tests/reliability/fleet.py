@@ -250,6 +250,7 @@ def cloud_doc(repo: Path, signing_pub: Path, fleet: FleetKeys, models: list[Any]
         "backend": {"kind": "onnxruntime", "device": "cpu", "threads": 1},
         "executor_workers": 1,
         "http": {"port": 0},
+        "admin": {"port": 0},
         "grace_s": 2,
     }
     for k, v in over.items():

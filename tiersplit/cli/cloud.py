@@ -2,17 +2,19 @@
 
 - ``cloud serve --config cloud.yaml``: runs a :class:`cloud_core.CloudCore` until SIGTERM
   or SIGINT, then drains within ``grace_s`` and exits 0. Prints one line
-  ``READY zmq=<ep,...> mqtt=<ep,...> http=<url>`` on stdout once serving, so parents can
-  wait for it. SIGHUP re-reads the agent allow-lists.
+  ``READY zmq=<ep,...> mqtt=<ep,...> http=<url> admin=<url>`` on stdout once serving, so
+  parents can wait for it. SIGHUP re-reads the agent allow-lists and the admin token file.
 - ``cloud export-triton BUNDLE --out REPO``: a Triton model repository of the tails.
 - ``cloud models list|load|unload|pin|rollback --admin URL`` and ``cloud keys reload``:
-  clients of the core's admin HTTP API.
+  clients of the core's admin API; the token comes from ``--token-file`` or
+  ``$TIERSPLIT_ADMIN_TOKEN``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -22,8 +24,15 @@ import typer
 
 from tiersplit.cli.common import clean_errors, console
 
-_ADMIN = typer.Option("http://127.0.0.1:9300", "--admin", help="The core's HTTP URL.")
-_TOKEN = typer.Option(None, "--token-file", help="File with the admin bearer token.")
+log = logging.getLogger(__name__)
+
+_ADMIN = typer.Option("http://127.0.0.1:9301", "--admin",
+                      help="The core's admin URL (admin.host/admin.port).")
+_TOKEN = typer.Option(None, "--token-file",
+                      help="File with the admin bearer token (else $TIERSPLIT_ADMIN_TOKEN).")
+#: The admin token may come from this variable; never from the command line, where
+#: ``ps`` and shell history would show it.
+TOKEN_ENV = "TIERSPLIT_ADMIN_TOKEN"
 
 
 class _JsonFormatter(logging.Formatter):
@@ -46,8 +55,14 @@ def _admin(url: str, method: str, path: str, token_file: Path | None) -> dict:
     import httpx
 
     headers = {}
+    token = os.environ.get(TOKEN_ENV, "").strip()
     if token_file is not None:
-        headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+        try:
+            token = token_file.read_text().strip()
+        except OSError as e:
+            raise AdminError(f"--token-file {token_file}: {e.strerror}") from e
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     try:
         r = httpx.request(method, url.rstrip("/") + path, headers=headers, timeout=120)
     except httpx.HTTPError as e:
@@ -94,14 +109,22 @@ def register(app: typer.Typer) -> None:
         def on_term(signum: int, frame: object) -> None:
             stop.set()
 
+        def reload_all() -> None:
+            core.reload_keys()
+            try:
+                core.reload_admin_token()
+            except CloudError as e:
+                log.error("admin token not reloaded (the previous one stays): %s", e)
+
         def on_hup(signum: int, frame: object) -> None:
-            threading.Thread(target=core.reload_keys, name="keys-reload", daemon=True).start()
+            threading.Thread(target=reload_all, name="keys-reload", daemon=True).start()
 
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_term)
         signal.signal(signal.SIGHUP, on_hup)
         parts = [f"{kind}={','.join(eps)}" for kind, eps in core.endpoints_by_kind.items()]
         parts.append(f"http={core.http_url or '-'}")
+        parts.append(f"admin={core.admin_url or '-'}")
         sys.stdout.write("READY " + " ".join(parts) + "\n")
         sys.stdout.flush()
         while not stop.wait(0.5):
