@@ -10,6 +10,7 @@ ends by asserting ``sent == answered with result + answered with error`` and
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import threading
 import time
@@ -172,6 +173,18 @@ class CloudProc:
     zmq: str
     http: str
     mqtt: str
+    admin_url: str = ""
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """The bearer token the config gave the admin listener (closed without it)."""
+        token = Path(self.doc["admin"]["token_file"]).read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
+
+    def admin_call(self, method: str, path: str) -> httpx.Response:
+        """One authenticated admin call; the response as it came."""
+        return httpx.request(method, self.admin_url + path, headers=self.admin_headers,
+                             timeout=60)
 
     @property
     def port(self) -> int:
@@ -199,7 +212,7 @@ class CloudProc:
         return psutil.Process(self.pid).memory_info().rss
 
     def admin(self, path: str) -> dict[str, Any]:
-        r = httpx.post(self.http + path, timeout=60)
+        r = self.admin_call("POST", path)
         r.raise_for_status()
         return r.json()
 
@@ -250,7 +263,7 @@ def cloud_doc(repo: Path, signing_pub: Path, fleet: FleetKeys, models: list[Any]
         "backend": {"kind": "onnxruntime", "device": "cpu", "threads": 1},
         "executor_workers": 1,
         "http": {"port": 0},
-        "admin": {"port": 0},
+        "admin": {"port": 0, "token_file": str(_admin_token(fleet.dir))},
         "grace_s": 2,
     }
     for k, v in over.items():
@@ -259,6 +272,14 @@ def cloud_doc(repo: Path, signing_pub: Path, fleet: FleetKeys, models: list[Any]
         else:
             doc[k] = v
     return doc
+
+
+def _admin_token(folder: Path) -> Path:
+    """A 0600 admin token file in ``folder`` (made once, shared by that fleet's cores)."""
+    path = folder / "admin.token"
+    if not path.exists():
+        keys.write_secret(path, secrets.token_urlsafe(24).encode())
+    return path
 
 
 def start_cloud(work: Path, doc: dict[str, Any], name: str = "cloud") -> CloudProc:
@@ -270,7 +291,7 @@ def start_cloud(work: Path, doc: dict[str, Any], name: str = "cloud") -> CloudPr
                   log_path=work / f"{name}.log").start(timeout=120)
     r = svc.ready
     return CloudProc(svc, path, doc, r.get("zmq", "").split(",")[0], r.get("http", ""),
-                     r.get("mqtt", ""))
+                     r.get("mqtt", ""), r.get("admin", ""))
 
 
 # ----------------------------------------------------------------------------- edge

@@ -140,9 +140,9 @@ def test_cloud_serve_and_admin_load_refuse_tampered_bundles(tmp_path, repo, flee
     c = start_cloud(tmp_path / "c", cloud_doc(root, repo.public_key, fleet,
                                               [{"name": MODEL_A, "versions": ["1"]}]))
     clouds.append(c)
-    r = httpx.post(c.http + f"/v1/models/{MODEL_A}/versions/3/load", timeout=60)
+    r = c.admin_call("POST", f"/v1/models/{MODEL_A}/versions/3/load")
     assert 400 <= r.status_code < 500 and "tampered" in r.json()["error"], r.text
-    models = httpx.get(c.http + "/v1/models", timeout=10).json()["models"]
+    models = c.admin_call("GET", "/v1/models").json()["models"]
     assert [(m["name"], m["version"]) for m in models] == [(MODEL_A, "1")]
     assert httpx.get(c.http + "/health/ready", timeout=10).status_code == 200
 
