@@ -23,7 +23,8 @@ BERT_VOCAB = 30522
 TINY_VOCAB = 1000
 
 
-def _init_bn(net: torch.nn.Module, seed: int) -> None:
+def randomize_batchnorm(net: torch.nn.Module, seed: int) -> None:
+    """Give BatchNorm layers plausible non-identity statistics (seeded)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -103,7 +104,7 @@ def resnet50() -> torch.nn.Module:
             layers.append(Bottleneck(cin, width, stride if i == 0 else 1))
             cin = width * 4
     net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000))
-    _init_bn(net, 11)
+    randomize_batchnorm(net, 11)
     return settle(net, (1, 3, 224, 224), 11)
 
 
@@ -141,7 +142,7 @@ def mobilenet_v2() -> torch.nn.Module:
             cin = c
     net = nn.Sequential(*layers, *cbr(cin, 1280, 1, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(1280, 1000))
-    _init_bn(net, 13)
+    randomize_batchnorm(net, 13)
     return settle(net, (1, 3, 224, 224), 13)
 
 
@@ -254,5 +255,5 @@ def detector() -> torch.nn.Module:
 
     torch.manual_seed(16)
     net = Detector()
-    _init_bn(net, 17)
+    randomize_batchnorm(net, 17)
     return settle(net, (1, 3, 256, 256), 17, logit_std=None)

@@ -234,22 +234,8 @@ def _resnet_like() -> torch.nn.Module:
         Block(32, 64, 2), Block(64, 64, 1),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
     )
-    _randomize_bn(net)
+    real_models.randomize_batchnorm(net, 2)
     return real_models.settle(net, (1, 3, 64, 64), 1)
-
-
-def _randomize_bn(net: torch.nn.Module) -> None:
-    """Give BatchNorm layers plausible non-identity statistics (seeded)."""
-    import torch
-
-    g = torch.Generator().manual_seed(2)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            with torch.no_grad():
-                m.running_mean.uniform_(-0.1, 0.1, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
-                m.weight.uniform_(0.5, 1.0, generator=g)
-                m.bias.uniform_(-0.1, 0.1, generator=g)
 
 
 # --------------------------------------------------------------------------- mobilenet
@@ -289,7 +275,7 @@ def _mobilenet_like() -> torch.nn.Module:
         *cbr(48, 128, 1, 1),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10),
     )
-    _randomize_bn(net)
+    real_models.randomize_batchnorm(net, 2)
     return real_models.settle(net, (1, 3, 64, 64), 3)
 
 

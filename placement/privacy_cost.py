@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from placement.costmodel import CloudEstimate, Constraints, CutProfile, LinkEstimate, choose
+from placement.report import save_figure
 
 __all__ = ["PrivacyCostRow", "plot_privacy_costs", "privacy_costs"]
 
@@ -101,9 +102,4 @@ def plot_privacy_costs(rows: Sequence[PrivacyCostRow], path: Path | str,
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(title="link")
     ax.set_title(title or "latency vs privacy")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -51,6 +51,18 @@ def link_rows(cuts: Sequence[CutProfile], links: Mapping[str, LinkEstimate],
     return rows
 
 
+def save_figure(fig: object, path: Path | str) -> Path:
+    """Lay out, write (folders made as needed) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()  # type: ignore[attr-defined]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)  # type: ignore[attr-defined]
+    plt.close(fig)  # type: ignore[arg-type]
+    return path
+
+
 def plot_latency(rows: Sequence[LinkRow], cut_order: Sequence[str], path: Path | str,
                  title: str = "") -> Path:
     """Predicted latency vs cut (cuts in depth order), one line per link; chosen cuts
@@ -77,9 +89,4 @@ def plot_latency(rows: Sequence[LinkRow], cut_order: Sequence[str], path: Path |
     ax.legend(title="link (★ chosen)")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
