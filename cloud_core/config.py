@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 from cloud_core.errors import ConfigError
 from contract import config as kit
 from contract.config import ConfigPath, StrictModel, is_loopback
+from contract.tracing import TracingConfig
 from transport.config import ServerLinkConfig
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,9 @@ class CloudConfig(StrictModel):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     grace_s: float = Field(10.0, ge=0)
     debug: DebugConfig = Field(default_factory=DebugConfig)
+    #: OpenTelemetry spans (queue, batch, backend) continuing the agents' traces; off by
+    #: default (see ``contract.tracing.TracingConfig``).
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -33,6 +33,7 @@ from cloud_core.errors import (
 from cloud_core.metrics import UNKNOWN, CloudMetrics
 from cloud_core.repository import LoadedVersion, Repository
 from cloud_core.validate import Target, Validated, check_request, resolve_target
+from contract.tracing import Span, tracer_for, wall_ns
 from transport.base import Responder, ServerLink
 from transport.messages import LoadReport, Reply, Request, Status
 
@@ -79,6 +80,7 @@ class CloudCore:
         self._http: Any = None
         self._admin: Any = None
         self._tokens: Any = None
+        self._tracer = tracer_for(config.tracing, "tiersplit-cloud")
         key = None
         if config.signing_public_key is not None:
             from transport import keys
@@ -290,6 +292,7 @@ class CloudCore:
         backend = target.backend
         items = sum(e.items for e in batch)
         start = time.monotonic()
+        span = self._trace_batch(batch, jobs, target, start)
         with self._count_lock:
             self._inflight += len(batch)
         try:
@@ -300,7 +303,8 @@ class CloudCore:
                           for t in cut.tensors}
             self.metrics.backend_calls.labels(backend=backend.name).inc()
             self.metrics.backend_items.labels(backend=backend.name).inc(items)
-            outputs = backend.run(inputs)
+            with self._tracer.active("backend", span.traceparent, {"tiersplit.cut": cut.id}):
+                outputs = backend.run(inputs)
             if self.config.debug.tail_delay_ms:
                 time.sleep(self.config.debug.tail_delay_ms / 1e3)
             for name, arr in outputs.items():
@@ -314,6 +318,7 @@ class CloudCore:
                 self._refuse(j.request, j.responder, e, target)
             return
         finally:
+            span.end()
             with self._count_lock:
                 self._inflight -= len(batch)
         compute = time.monotonic() - start
@@ -332,6 +337,24 @@ class CloudCore:
             _send(job.responder, Reply(request_id=job.request.request_id, status=Status.OK,
                                        tensors=tensors, queue_ms=queued * 1e3,
                                        compute_ms=compute * 1e3))
+
+    def _trace_batch(self, batch: list[Entry], jobs: list[_Job], target: Target,
+                     start: float) -> Span:
+        """Each request's ``queue`` span (arrival to batch start) under the agent's span,
+        and the ``batch`` span: under the first request's trace, linking the others."""
+        attrs = {"tiersplit.model": target.version.name,
+                 "tiersplit.version": target.version.version, "tiersplit.cut": target.cut.id}
+        if not self._tracer.enabled:
+            return Span(traceparent=jobs[0].request.traceparent or None)
+        begun = wall_ns(start)
+        for entry, job in zip(batch, jobs, strict=True):
+            self._tracer.record("queue", job.request.traceparent or None,
+                                wall_ns(entry.enqueued), begun, attrs)
+        return self._tracer.span("batch", jobs[0].request.traceparent or None,
+                                 {**attrs, "tiersplit.batch_items": sum(e.items for e in batch),
+                                  "tiersplit.batch_requests": len(batch)}, start_ns=begun,
+                                 links=[j.request.traceparent for j in jobs[1:]
+                                        if j.request.traceparent])
 
     # -- admin -----------------------------------------------------------------------
     def models(self) -> list[dict[str, Any]]:

@@ -56,6 +56,8 @@ class Request:
         wire_bytes: bytes of the encoded request, set by the client link when it encodes
             it (0 until then; never on the wire), so the sender learns the size it moved
             without encoding twice.
+        traceparent: the W3C traceparent of the sender's span (``""``: untraced); the
+            receiver's spans continue that trace. On the wire as the header key ``tp``.
     """
 
     request_id: str
@@ -68,6 +70,7 @@ class Request:
     tensors: dict[str, np.ndarray]
     codec: str = "raw"
     wire_bytes: int = 0
+    traceparent: str = ""
 
 
 @dataclass(slots=True)

@@ -9,6 +9,8 @@ A message is a list of frames::
 A request's header carries its deadline as ``budget_ms``, the milliseconds left when it
 was encoded; the decoder re-anchors it on the receiver's monotonic clock
 (:class:`contract.deadline.Deadline`), so sender and receiver never compare wall clocks.
+An optional ``tp`` key carries the sender's W3C traceparent; a malformed one is dropped
+and counted (``contract.tracing.bad_traceparents``), never an error.
 
 The header of a request/reply lists its tensors as ``{"n": name, "d": dtype, "s": shape,
 "c": codec, ...codec params}``. ``raw`` tensors are sent as memoryviews of the caller's
@@ -36,6 +38,7 @@ import numpy as np
 
 from contract.deadline import Deadline
 from contract.dtypes import DTYPES
+from contract.tracing import clean_traceparent
 from transport import codecs
 from transport.config import WireLimits
 from transport.errors import CodecError, DTypeError, LimitError, VersionError, WireError
@@ -116,7 +119,7 @@ def encode(msg: Message, codec: str | None = None) -> list[bytes | memoryview]:
             "id": msg.request_id, "agent": msg.agent_id, "model": msg.model,
             "version": msg.version, "digest": msg.digest, "cut": msg.cut,
             "budget_ms": _budget_ms(msg.deadline), "codec": codec or msg.codec,
-            "t": descs})
+            "t": descs, **({"tp": msg.traceparent} if msg.traceparent else {})})
         return [head, *frames]
     if isinstance(msg, Reply):
         descs, frames = _tensor_frames(msg.tensors, codecs.parse_spec(codec or "raw"))
@@ -314,7 +317,8 @@ def decode(frames: Sequence[Any], limits: WireLimits = WireLimits()) -> Message:
                 model=_str(h, "model"), version=_str(h, "version", ""),
                 digest=_str(h, "digest", ""), cut=_str(h, "cut"),
                 deadline=Deadline.after_ms(_num(h, "budget_ms")),
-                codec=_str(h, "codec", "raw"), tensors=_decode_tensors(h, frames, limits))
+                codec=_str(h, "codec", "raw"), tensors=_decode_tensors(h, frames, limits),
+                traceparent=clean_traceparent(h.get("tp")) or "")
         if kind == _KIND_REPLY:
             code = _int(h, "status", lo=0, hi=max(Status))
             return Reply(

@@ -6,6 +6,9 @@ The tails must be served under the names ``tiersplit cloud export-triton`` write
 requests, so each ``run`` is one Triton request holding the whole batch; Triton may batch
 further across cores. Clients are kept per worker thread: the HTTP client (gevent) is not
 thread-safe and one gRPC channel per worker avoids head-of-line blocking.
+
+Each infer carries the batch's ``traceparent`` (HTTP header or gRPC metadata), so a
+Triton with tracing on continues the request's trace.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from cloud_core.errors import BackendError
 from cloud_core.triton_export import triton_model_name, triton_model_version
 from contract.bundle import Bundle, CutSpec
 from contract.dtypes import by_name
+from contract.tracing import TRACEPARENT, current_traceparent
 
 __all__ = ["TritonBackend"]
 
@@ -87,7 +91,11 @@ class TritonBackend(Backend):
             inp.set_data_from_numpy(arr)
             reqs.append(inp)
         outs = [self._mod.InferRequestedOutput(n) for n in self.output_names]
-        kwargs = {"client_timeout": self._timeout} if self._protocol == "grpc" else {}
+        kwargs: dict[str, Any] = ({"client_timeout": self._timeout}
+                                  if self._protocol == "grpc" else {})
+        tp = current_traceparent()
+        if tp:
+            kwargs["headers"] = {TRACEPARENT: tp}
         try:
             res = self._client().infer(self._model, reqs, model_version=self._version,
                                        outputs=outs, **kwargs)
