@@ -20,6 +20,7 @@ import numpy as np
 from contract.bundle import Manifest
 from contract.deadline import Deadline
 from contract.privacy import judge_cuts
+from contract.tracing import tracer_for
 from edge_agent.client import EdgeClient
 from edge_agent.config import EdgeConfig, load_config
 from edge_agent.cuts import cut_infos_from_manifest
@@ -28,6 +29,7 @@ from edge_agent.errors import AgentNotReady, ConfigError
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.policy import Policy
 from edge_agent.result import RequestHandle
+from edge_agent.runner import StatsSnapshot
 from edge_agent.runtime import EdgeRuntime, load_edge_bundle
 from transport.base import ClientLink
 from transport.errors import TransportError
@@ -87,6 +89,8 @@ class EdgeAgent:
         self.runtime: EdgeRuntime | None = None
         self.policy: Policy | None = None
         self.client: EdgeClient | None = None
+        self.tracer = tracer_for(self.config.tracing, "tiersplit-edge")
+        self._grpc: Any = None
         self._server: Any = None
         self._server_thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
@@ -174,7 +178,8 @@ class EdgeAgent:
         from edge_agent.api import build_app
 
         api = self.config.api
-        app = build_app(self, token=token, max_body_bytes=api.max_body_bytes)
+        app = build_app(self, token=token, max_body_bytes=api.max_body_bytes,
+                        tracer=self.tracer)
         sock = socket.socket(socket.AF_INET6 if ":" in api.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -196,6 +201,20 @@ class EdgeAgent:
                 raise RuntimeError("the HTTP API did not start within "
                                    f"{timeout:.0f}s on {api.host}:{api.port}")
             time.sleep(0.01)
+        if api.grpc_port is not None:
+            self._start_grpc(token)
+
+    def _start_grpc(self, token: str | None) -> None:
+        from edge_agent.grpc_api import GrpcServer
+
+        api = self.config.api
+        try:
+            self._grpc = GrpcServer(self, api.host, api.grpc_port or 0, token=token,
+                                    workers=self.config.runtime.workers + 4,
+                                    max_message_bytes=api.max_body_bytes, tracer=self.tracer)
+        except OSError as e:
+            raise ConfigError(f"api.grpc_port: {e}") from e
+        self._grpc.start()
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, drain requests in flight (up to ``grace`` s), close links."""
@@ -215,6 +234,8 @@ class EdgeAgent:
         # for the responses in flight while the client still serves them; then the
         # client drains what was submitted in-process and closes the links.
         self._ready = False
+        if self._grpc is not None:
+            self._grpc.stop(grace)
         if self._server is not None:
             self._server.should_exit = True
             if self._server_thread is not None:
@@ -254,16 +275,22 @@ class EdgeAgent:
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
     @property
+    def grpc_url(self) -> str | None:
+        """``host:port`` of the gRPC API (``tritonclient.grpc`` form), or None when off."""
+        return self._grpc.url if self._grpc is not None else None
+
+    @property
     def allow_cut_override(self) -> bool:
         return self.config.api.allow_cut_override
 
     def infer(self, inputs: dict[str, np.ndarray], deadline_ms: float | None = None,
               request_id: str | None = None, cut: str | None = None, *,
-              deadline: Deadline | None = None) -> RequestHandle:
+              deadline: Deadline | None = None,
+              traceparent: str | None = None) -> RequestHandle:
         """Run one request (validated now, executed on a worker).
 
         The time budget is ``deadline`` if given, else ``deadline_ms`` from now, else the
-        configured default.
+        configured default. ``traceparent`` (W3C) continues the caller's trace.
 
         Raises:
             AgentNotReady: not started or stopping.
@@ -272,7 +299,12 @@ class EdgeAgent:
         """
         if not self._ready or self.client is None:
             raise AgentNotReady("the edge agent is not running")
-        return self.client.submit(inputs, deadline_ms, request_id, cut, deadline=deadline)
+        return self.client.submit(inputs, deadline_ms, request_id, cut, deadline=deadline,
+                                  traceparent=traceparent)
+
+    def stats(self) -> StatsSnapshot:
+        """Cumulative request statistics (the v2 ``/stats`` endpoints)."""
+        return self.client.tally.stats() if self.client is not None else StatsSnapshot()
 
     def wait_connected(self, timeout: float = 10.0, count: int = 1) -> bool:
         """Block until ``count`` endpoints are connected (tests, benchmarks)."""
@@ -291,6 +323,7 @@ class EdgeAgent:
         cfg = self.config
         out: dict[str, Any] = {"agent_id": cfg.agent_id, "state": self._state,
                                "ready": self._ready, "http": self.http_url,
+                               "grpc": self.grpc_url,
                                "uptime_s": round(time.time() - self._started_at, 3)
                                if self._started_at else 0.0}
         if self.runtime is not None:

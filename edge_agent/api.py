@@ -7,6 +7,9 @@ Endpoints (so an unmodified ``tritonclient.http.InferenceServerClient`` works)::
     GET  /v2/models/<name>[/versions/<v>]      model metadata
     GET  /v2/models/<name>[/versions/<v>]/ready
     POST /v2/models/<name>[/versions/<v>]/infer
+    GET  /v2/models/<name>[/versions/<v>]/config   Triton's model config (JSON)
+    GET  /v2/models[/<name>[/versions/<v>]]/stats  Triton's statistics shape
+    POST /v2/repository/index                  the served model and its state
     GET  /status                               agent status (JSON)
     GET  /metrics                              Prometheus
 
@@ -21,7 +24,9 @@ request was served — ``path`` (``remote``, ``device`` or ``fallback``) and ``c
 cut id used) — and its timings.
 
 The tensor (de)serialisation below is pure; the Starlette handlers are thin adapters
-over the agent (``infer``, ``status``), which knows nothing of HTTP.
+over the agent (``infer``, ``status``), which knows nothing of HTTP. What the gRPC face
+(``edge_agent.grpc_api``) answers identically lives in ``edge_agent.v2``. A W3C
+``traceparent`` header makes the request part of the caller's trace.
 """
 
 from __future__ import annotations
@@ -30,11 +35,10 @@ import asyncio
 import hmac
 import json
 import logging
-import math
+import time
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
@@ -43,11 +47,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from contract import dtypes
-from contract.bundle import Manifest, TensorSpec
-from contract.deadline import Deadline
-from edge_agent.errors import AgentNotReady, EdgeError, InvalidInput, ModelNotFound, Unauthorized
-from edge_agent.result import InferResult, RequestHandle
+from contract.bundle import TensorSpec
+from contract.tracing import TRACEPARENT, Tracer, TracingConfig, clean_traceparent
+from edge_agent import v2
+from edge_agent.errors import AgentNotReady, EdgeError, InvalidInput, Unauthorized
+from edge_agent.result import InferResult
+from edge_agent.v2 import CUT_PARAM, Dataplane, InferRequest
 
 __all__ = [
     "HEADER_LENGTH",
@@ -60,59 +65,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-
-
-
-class Dataplane(Protocol):
-    """What the HTTP adapter needs from the agent."""
-
-    @property
-    def model_name(self) -> str: ...
-
-    @property
-    def manifest(self) -> Manifest: ...
-
-    @property
-    def ready(self) -> bool: ...
-
-    def infer(self, inputs: dict[str, np.ndarray], deadline_ms: float | None = None,
-              request_id: str | None = None, cut: str | None = None, *,
-              deadline: Deadline | None = None) -> RequestHandle: ...
-
-    @property
-    def allow_cut_override(self) -> bool: ...
-
-    def status(self) -> dict[str, Any]: ...
-
-    def metrics_text(self) -> bytes: ...
+_NO_TRACER = Tracer(TracingConfig(), "tiersplit-edge")
 
 
 # ----------------------------------------------------------------------------- pure
-
-
-@dataclass
-class InferRequest:
-    """A decoded v2 infer request."""
-
-    id: str | None
-    inputs: dict[str, np.ndarray]
-    outputs: list[str] | None  # None = all
-    binary: dict[str, bool]  # output name -> return as binary
-    binary_default: bool
-    deadline: Deadline | None  # from "timeout" (µs) or "deadline_ms"
-    cut: str | None = None  # "tiersplit_cut" parameter: a per-request override
-
-
-def _shape(value: Any, where: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
-        raise InvalidInput(f"{where}: shape must be a list of non-negative integers")
-    if len(value) > 16:
-        raise InvalidInput(f"{where}: {len(value)} dimensions (at most 16)")
-    return tuple(value)
-
-
-CUT_PARAM = "tiersplit_cut"
 
 
 def _param(obj: Mapping[str, Any], key: str, default: Any = None) -> Any:
@@ -122,32 +78,7 @@ def _param(obj: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return params.get(key, default)
 
 
-def _datatype(name: str, declared: Any, spec: TensorSpec | None) -> dtypes.DType:
-    """The dtype of input ``name`` as declared, checked against the manifest's spec."""
-    if not isinstance(declared, str):
-        raise InvalidInput(f"input {name!r}: datatype {declared!r} not supported; expected "
-                           f"one of {sorted(d.v2 for d in dtypes.DTYPES)}")
-    try:
-        dt = dtypes.by_v2(declared)
-    except dtypes.UnknownDType as e:
-        raise InvalidInput(f"input {name!r}: datatype {declared!r} not supported; {e}") \
-            from None
-    if spec is not None and spec.dtype != dt.name:
-        want = _spec_dtype(spec)
-        raise InvalidInput(f"input {name!r}: expected dtype {want.name} ({want.v2}), got "
-                           f"{dt.name} ({dt.v2})")
-    return dt
-
-
-def _spec_dtype(spec: TensorSpec) -> dtypes.DType:
-    try:
-        return dtypes.by_name(spec.dtype)
-    except dtypes.UnknownDType:
-        return dtypes.DType(spec.dtype, spec.dtype.upper(), "", 0)
-
-
 def parse_infer_request(body: bytes, header_length: int | None,
-                        max_elements: int = 1 << 28,
                         specs: Mapping[str, TensorSpec] | None = None) -> InferRequest:
     """Decode a v2 infer body (JSON, or JSON + binary tensor data).
 
@@ -179,12 +110,10 @@ def parse_infer_request(body: bytes, header_length: int | None,
         name = tin["name"]
         if name in inputs:
             raise InvalidInput(f"input {name!r} given twice")
-        dt_name = tin.get("datatype")
-        dtype = _datatype(name, dt_name, (specs or {}).get(name)).numpy
-        shape = _shape(tin.get("shape"), f"input {name!r}")
-        count = math.prod(shape)
-        if count > max_elements:
-            raise InvalidInput(f"input {name!r}: {count} elements exceed the limit")
+        dt = v2.check_datatype(name, tin.get("datatype"), (specs or {}).get(name))
+        dtype = dt.numpy
+        shape = v2.input_shape(tin.get("shape"), f"input {name!r}")
+        count = int(np.prod(shape))
         size = _param(tin, "binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0:
@@ -196,20 +125,13 @@ def parse_infer_request(body: bytes, header_length: int | None,
             if offset + size > len(binary):
                 raise InvalidInput(f"input {name!r}: binary data ends at byte "
                                    f"{offset + size}, body has {len(binary)}")
-            arr = np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(shape)
+            arr = v2.tensor_from_bytes(name, dtype, shape, binary[offset:offset + size])
             offset += size
         else:
             data = tin.get("data")
             if data is None:
                 raise InvalidInput(f"input {name!r}: neither 'data' nor binary_data_size")
-            try:
-                arr = np.asarray(data, dtype=dtype)
-            except (ValueError, TypeError, OverflowError) as e:
-                raise InvalidInput(f"input {name!r}: data is not {dt_name}: {e}") from None
-            if arr.size != count:
-                raise InvalidInput(f"input {name!r}: {arr.size} values for shape "
-                                   f"{list(shape)} ({count} expected)")
-            arr = arr.reshape(shape)
+            arr = v2.tensor_from_values(name, dt, shape, data)
         inputs[name] = arr
     if offset != len(binary):
         raise InvalidInput(f"{len(binary) - offset} bytes of binary data not claimed by any "
@@ -226,7 +148,7 @@ def parse_infer_request(body: bytes, header_length: int | None,
                 raise InvalidInput(f"outputs[{i}] must be an object with a 'name'")
             outputs.append(tout["name"])
             flags[tout["name"]] = bool(_param(tout, "binary_data", binary_default))
-    deadline = _deadline(_param(doc, "timeout"), _param(doc, "deadline_ms"))
+    deadline = v2.deadline_from(_param(doc, "timeout"), _param(doc, "deadline_ms"))
     rid = doc.get("id")
     if rid is not None and not isinstance(rid, str):
         raise InvalidInput("'id' must be a string")
@@ -236,43 +158,12 @@ def parse_infer_request(body: bytes, header_length: int | None,
     return InferRequest(rid, inputs, outputs, flags, binary_default, deadline, cut)
 
 
-def _deadline(timeout_us: Any, deadline_ms: Any) -> Deadline | None:
-    """The request's deadline from the standard ``timeout`` (microseconds) or this API's
-    ``deadline_ms`` (wins when both are given), anchored as the request is decoded."""
-    budget_ms = None
-    for value, per_ms, key in ((timeout_us, 1e3, "timeout"), (deadline_ms, 1.0, "deadline_ms")):
-        if value is None:
-            continue
-        try:
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            budget_ms = float(value) / per_ms if ok else math.nan
-        except OverflowError:
-            budget_ms = math.nan
-        if not math.isfinite(budget_ms) or budget_ms <= 0:
-            raise InvalidInput(f"parameter {key!r} must be a positive number")
-    return None if budget_ms is None else Deadline.after_ms(budget_ms)
-
-
-def _v2_datatype(arr: np.ndarray) -> str:
-    try:
-        return dtypes.by_name(arr.dtype.name).v2
-    except dtypes.UnknownDType:
-        raise InvalidInput(f"output dtype {arr.dtype} has no v2 datatype") from None
-
-
 def encode_infer_response(req: InferRequest, res: InferResult, model: str, version: str,
                           known_outputs: list[str]) -> tuple[bytes, dict[str, str]]:
     """The v2 response body and headers for a finished request."""
-    names = req.outputs if req.outputs is not None else known_outputs
-    unknown = [n for n in names if n not in res.outputs]
-    if unknown:
-        raise InvalidInput(f"unknown outputs {unknown}; the model has {known_outputs}")
     outs, blobs = [], []
-    for name in names:
-        arr = np.ascontiguousarray(res.outputs[name])
-        if arr.dtype.byteorder == ">":
-            arr = arr.astype(arr.dtype.newbyteorder("<"))
-        entry: dict[str, Any] = {"name": name, "datatype": _v2_datatype(arr),
+    for name, arr in v2.outputs_of(req, res, known_outputs):
+        entry: dict[str, Any] = {"name": name, "datatype": v2.v2_datatype(arr),
                                  "shape": list(arr.shape)}
         if req.binary.get(name, req.binary_default):
             blob = arr.tobytes()
@@ -281,19 +172,8 @@ def encode_infer_response(req: InferRequest, res: InferResult, model: str, versi
         else:
             entry["data"] = arr.reshape(-1).tolist()
         outs.append(entry)
-    params: dict[str, Any] = {"path": res.path, "cut": res.cut,
-                              "endpoint": res.endpoint or "", "bytes_sent": res.bytes_sent,
-                              "deadline_missed": res.deadline_missed,
-                              "explored": res.explored}
-    params.update({f"{k}_ms": round(v, 3) for k, v in res.timings.items()})
-    if res.cascade is not None:
-        params["cascade"] = res.cascade
-        if res.confidence is not None:
-            params["confidence"] = round(res.confidence, 6)
-    if res.fallback is not None:
-        params["fallback"] = res.fallback
     doc: dict[str, Any] = {"model_name": model, "model_version": version,
-                           "parameters": params, "outputs": outs}
+                           "parameters": v2.result_parameters(res), "outputs": outs}
     if req.id is not None:
         doc["id"] = req.id
     head = json.dumps(doc, separators=(",", ":")).encode()
@@ -301,10 +181,6 @@ def encode_infer_response(req: InferRequest, res: InferResult, model: str, versi
         return head, {"content-type": "application/json"}
     return head + b"".join(blobs), {"content-type": "application/octet-stream",
                                     HEADER_LENGTH: str(len(head))}
-
-
-def _tensor_meta(t: TensorSpec) -> dict[str, Any]:
-    return {"name": t.name, "datatype": _spec_dtype(t).v2, "shape": list(t.shape)}
 
 
 # ----------------------------------------------------------------------------- HTTP
@@ -345,8 +221,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def build_app(plane: Dataplane, *, token: str | None = None,
-              max_body_bytes: int = 64 << 20) -> Starlette:
-    """The Starlette app serving ``plane``."""
+              max_body_bytes: int = 64 << 20, tracer: Tracer | None = None) -> Starlette:
+    """The Starlette app serving ``plane``; ``tracer`` makes each infer an ``infer`` span
+    (under the request's ``traceparent`` header) with a ``decode`` child and the
+    agent's ``request`` span below it."""
     expected = f"Bearer {token}".encode() if token else None
 
     def check_auth(request: Request) -> None:
@@ -357,14 +235,8 @@ def build_app(plane: Dataplane, *, token: str | None = None,
             raise Unauthorized("missing or wrong bearer token")
 
     def check_model(request: Request) -> None:
-        name = request.path_params["model"]
-        if name != plane.model_name:
-            raise ModelNotFound(f"unknown model {name!r}; this agent serves "
-                                f"{plane.model_name!r}")
-        version = request.path_params.get("version")
-        if version not in (None, "", plane.manifest.version):
-            raise ModelNotFound(f"model {name!r} has no version {version!r}; it serves "
-                                f"version {plane.manifest.version!r}")
+        v2.check_model(plane, request.path_params["model"],
+                       request.path_params.get("version"))
 
     def guarded(handler: Any, auth: bool = True, model: bool = False) -> Any:
         async def wrapped(request: Request) -> Response:
@@ -388,41 +260,59 @@ def build_app(plane: Dataplane, *, token: str | None = None,
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     async def server_meta(_request: Request) -> Response:
-        return JSONResponse({"name": "tiersplit-edge", "version": "1",
-                             "extensions": ["binary_tensor_data", "parameters"]})
+        return JSONResponse(v2.server_metadata())
 
     async def model_meta(_request: Request) -> Response:
-        m = plane.manifest
-        return JSONResponse({"name": plane.model_name, "versions": [m.version],
-                             "platform": "tiersplit", "inputs": [_tensor_meta(t) for t in m.inputs],
-                             "outputs": [_tensor_meta(t) for t in m.outputs]})
+        return JSONResponse(v2.model_metadata(plane))
 
     async def model_ready(_request: Request) -> Response:
         ok = plane.ready
         return JSONResponse({"name": plane.model_name, "ready": ok},
                             status_code=200 if ok else 503)
 
+    async def model_config(_request: Request) -> Response:
+        config = await run_in_threadpool(v2.model_config, plane)
+        return JSONResponse(v2.proto_to_dict(config))
+
+    async def model_stats(request: Request) -> Response:
+        stats = await run_in_threadpool(v2.model_statistics, plane,
+                                        request.path_params.get("model", ""),
+                                        request.path_params.get("version", ""))
+        return JSONResponse(v2.proto_to_dict(stats))
+
+    async def repository_index(_request: Request) -> Response:
+        return JSONResponse(v2.repository_index(plane))
+
     async def infer(request: Request) -> Response:
         if not plane.ready:
             raise AgentNotReady("the edge agent is not ready")
+        trace = (tracer or _NO_TRACER).span(
+            "infer", clean_traceparent(request.headers.get(TRACEPARENT)),
+            {"rpc.system": "http", "tiersplit.model": plane.model_name,
+             "tiersplit.version": plane.manifest.version})
+        try:
+            return await _infer(request, trace.traceparent)
+        except BaseException as e:
+            trace.error(f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            trace.end()
+
+    async def _infer(request: Request, traceparent: str | None) -> Response:
         body = await _read_body(request, max_body_bytes)
         hl = request.headers.get(HEADER_LENGTH.lower())
         if hl is not None and not hl.isdigit():
             raise InvalidInput(f"{HEADER_LENGTH} must be an integer")
         # decoding JSON tensors can take a while: keep the event loop free meanwhile
-        specs = {t.name: t for t in plane.manifest.inputs}
+        start_ns = time.time_ns()
         req = await run_in_threadpool(parse_infer_request, body,
-                                      int(hl) if hl is not None else None, 1 << 28, specs)
-        known = [t.name for t in plane.manifest.outputs]
-        bad = [n for n in (req.outputs or []) if n not in known]
-        if bad:
-            raise InvalidInput(f"unknown outputs {bad}; the model has {known}")
-        # the app's "id" is echoed back, never used on the wire: ids there must be unique
-        if req.cut is not None and not plane.allow_cut_override:
-            raise InvalidInput(f"parameter {CUT_PARAM!r} is refused: per-request cut "
-                               "overrides are off (api.allow_cut_override)")
-        handle = plane.infer(req.inputs, cut=req.cut, deadline=req.deadline)
+                                      int(hl) if hl is not None else None,
+                                      v2.specs_of(plane))
+        (tracer or _NO_TRACER).record("decode", traceparent, start_ns, time.time_ns(),
+                                      {"tiersplit.bytes": len(body)})
+        handle = v2.submit(plane, req, traceparent)
         res = await asyncio.wrap_future(handle.future)
+        known = [t.name for t in plane.manifest.outputs]
         content, headers = await run_in_threadpool(
             encode_infer_response, req, res, plane.model_name, plane.manifest.version, known)
         media = headers.pop("content-type")
@@ -436,17 +326,20 @@ def build_app(plane: Dataplane, *, token: str | None = None,
 
         return Response(plane.metrics_text(), media_type=CONTENT_TYPE)
 
-    model_routes = []
+    model_routes = [Route("/v2/models/stats", guarded(model_stats))]
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         model_routes += [
             Route(prefix, guarded(model_meta, model=True)),
             Route(prefix + "/ready", guarded(model_ready, model=True)),
+            Route(prefix + "/config", guarded(model_config, model=True)),
+            Route(prefix + "/stats", guarded(model_stats, model=True)),
             Route(prefix + "/infer", guarded(infer, model=True), methods=["POST"]),
         ]
     routes = [
         Route("/v2/health/live", guarded(live, auth=False)),
         Route("/v2/health/ready", guarded(ready, auth=False)),
         Route("/v2", guarded(server_meta)),
+        Route("/v2/repository/index", guarded(repository_index), methods=["POST"]),
         *model_routes,
         Route("/status", guarded(status)),
         Route("/metrics", guarded(metrics)),

@@ -102,7 +102,8 @@ class EdgeClient:
 
     def submit(self, inputs: Mapping[str, np.ndarray], deadline_ms: float | None = None,
                request_id: str | None = None, cut: str | None = None, *,
-               deadline: Deadline | None = None) -> RequestHandle:
+               deadline: Deadline | None = None,
+               traceparent: str | None = None) -> RequestHandle:
         """Validate the inputs now, run the request on a worker.
 
         The time budget is ``deadline`` when given (the HTTP API turns the request's
@@ -110,7 +111,8 @@ class EdgeClient:
         ``deadlines.default_ms``. ``request_id`` (default: a fresh UUID) travels to the
         cloud and must be unique among this agent's requests in flight. ``cut`` forces
         that cut for this request (benchmarks and the demo's all-edge/all-cloud
-        comparison); the caller checks that overrides are allowed.
+        comparison); the caller checks that overrides are allowed. ``traceparent`` (W3C)
+        makes the request's spans part of the caller's trace.
 
         Raises:
             InvalidInput: inputs do not match the model, or the budget is not a positive
@@ -130,7 +132,7 @@ class EdgeClient:
         if not self._capacity.acquire(blocking=False):
             raise Overloaded(f"more than {self._limit} requests queued")
         try:
-            fut = self._pool.submit(self.runner.run, rid, x, deadline, t0, cut)
+            fut = self._pool.submit(self.runner.run, rid, x, deadline, t0, cut, traceparent)
         except RuntimeError as e:  # pool shut down between the check and here
             self._capacity.release()
             raise Overloaded("the edge agent is stopping") from e

@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from contract import config as kit
 from contract.config import ConfigPath, StrictModel, is_loopback
 from contract.privacy import PrivacyFloor
+from contract.tracing import TracingConfig
 from edge_agent.endpoints import region_allowed, resident
 from edge_agent.errors import ConfigError
 from transport.config import ClientLinkConfig
@@ -92,6 +93,10 @@ class ApiConfig(StrictModel):
             parameter — any cut, including ``cloud`` below the privacy floor (data
             residency still holds). For benchmarks and the demo's comparisons; off by
             default, and a request that tries it then gets 400.
+        grpc_port: also serve the protocol over gRPC (``GRPCInferenceService``, what
+            ``tritonclient.grpc`` speaks) on this port of ``host``, with the same token
+            rule; 0 picks a free port. ``null`` (default): no gRPC listener — one more
+            open port and a thread pool only for apps that ask for them.
     """
 
     host: str = "127.0.0.1"
@@ -101,6 +106,7 @@ class ApiConfig(StrictModel):
     max_body_bytes: int = Field(64 << 20, gt=0)
     model_name: str | None = None
     allow_cut_override: bool = False
+    grpc_port: int | None = Field(None, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _one_token_source(self) -> ApiConfig:
@@ -278,12 +284,14 @@ class EdgeConfig(StrictModel):
             local).
         allowed_regions: data residency: only endpoints in these regions ever receive
             data. ``null`` allows every region.
-        api: the local HTTP API.
+        api: the local HTTP (and optional gRPC) API.
         runtime: ONNX Runtime and concurrency.
         codec: wire codec of cut tensors (``raw``, ``fp16``, ``int8``, ``int8+lz4``...).
         policy, deadlines, retry: see their sections.
         placement_prior: optional ``configs/placement.yaml`` from ``tiersplit place
             tune``; used until the agent's own measurements are warm. Missing = none.
+        tracing: OpenTelemetry spans per request (off by default; see
+            ``contract.tracing.TracingConfig``).
     """
 
     agent_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -297,6 +305,7 @@ class EdgeConfig(StrictModel):
     deadlines: DeadlineConfig = Field(default_factory=DeadlineConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     placement_prior: ConfigPath | None = None
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
     @model_validator(mode="after")
     def _unique_endpoint_names(self) -> EdgeConfig:

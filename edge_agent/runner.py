@@ -14,6 +14,11 @@ only if local execution itself fails, in an explicit :class:`InferenceFailed`.
 Each step returns what it did: an :class:`~edge_agent.result.Attempt` per endpoint
 tried, the outputs and their timings at the end. What an attempt teaches (bytes on the
 wire, link speed, cloud queueing) goes to the agent's estimates as it happens.
+
+Each request is one trace (when ``tracing.enabled``): a ``request`` span under the
+application's traceparent, with ``head``, ``network`` (send to reply; its traceparent
+travels on the wire so the cloud core's spans hang below it) and its ``encode``, and
+``device`` for work finished on the device; every span names the cut and the version.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import concurrent.futures as cf
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +36,7 @@ import numpy as np
 
 from contract.bundle import EDGE_CUT
 from contract.deadline import Deadline
+from contract.tracing import Span, Tracer, current_traceparent, tracer_for
 from edge_agent.cascade import Cascade
 from edge_agent.config import EdgeConfig
 from edge_agent.endpoints import Endpoint, Flight
@@ -40,7 +47,7 @@ from edge_agent.runtime import EdgeRuntime
 from transport.errors import LinkClosed, LinkTimeout, TransportError
 from transport.messages import Reply, Request, Status
 
-__all__ = ["MetricsSink", "RequestRunner", "Tally"]
+__all__ = ["MetricsSink", "RequestRunner", "StatsSnapshot", "Tally"]
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +95,47 @@ def _metric_path(path: str, cut: str) -> str:
     return EDGE_CUT if path == DEVICE_PATH else "local"
 
 
+@dataclass(frozen=True, slots=True)
+class StatsSnapshot:
+    """Cumulative request statistics in Triton's terms: ``(count, ns)`` per phase.
+
+    ``success``/``fail``: finished and failed requests, end to end. ``queue``: the cloud
+    core's queueing. ``compute_input``: the head and encoding on the device.
+    ``compute_infer``: the tail, in the cloud or on the device. ``compute_output``: the
+    rest of a remote round trip (network, decoding). ``inference_count`` counts samples,
+    ``execution_count`` requests; ``last_inference_ms`` is epoch milliseconds (0: none).
+    """
+
+    success: tuple[int, int] = (0, 0)
+    fail: tuple[int, int] = (0, 0)
+    queue: tuple[int, int] = (0, 0)
+    compute_input: tuple[int, int] = (0, 0)
+    compute_infer: tuple[int, int] = (0, 0)
+    compute_output: tuple[int, int] = (0, 0)
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+
+
+def _add(pair: tuple[int, int], ms: float) -> tuple[int, int]:
+    return pair[0] + 1, pair[1] + int(max(ms, 0.0) * 1e6)
+
+
 class Tally:
-    """Requests by path (``/status``), forwarded to a metrics sink. Thread-safe."""
+    """Requests by path (``/status``) and their statistics, forwarded to a metrics sink.
+    Thread-safe."""
 
     def __init__(self, metrics: MetricsSink | None = None) -> None:
         self.metrics: MetricsSink = metrics or _NoMetrics()
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
+        self._stats = StatsSnapshot()
 
     def finished(self, res: InferResult, seconds: float) -> None:
         outcome = "fallback" if res.path == FALLBACK_PATH else "ok"
         self.metrics.request(_metric_path(res.path, res.cut), outcome, seconds)
         self._count(res.path)
+        self._observe(res)
         if res.cascade is not None:
             self.metrics.cascade(res.cascade)
             self._count(f"cascade_{res.cascade}")
@@ -110,6 +146,34 @@ class Tally:
     def failed(self, path: str, cut: str, seconds: float) -> None:
         self.metrics.request(_metric_path(path, cut), "error", seconds)
         self._count("error")
+        with self._lock:
+            s = self._stats
+            self._stats = StatsSnapshot(**{**_fields(s), "fail": _add(s.fail, seconds * 1e3),
+                                           "last_inference_ms": time.time_ns() // 1_000_000})
+
+    def _observe(self, res: InferResult) -> None:
+        t = res.timings
+        first = next(iter(res.outputs.values()), None)
+        samples = int(first.shape[0]) if first is not None and first.ndim else 1
+        with self._lock:
+            s = self._stats
+            new = {**_fields(s), "success": _add(s.success, t.get("total", 0.0)),
+                   "inference_count": s.inference_count + samples,
+                   "execution_count": s.execution_count + 1,
+                   "last_inference_ms": time.time_ns() // 1_000_000,
+                   "compute_input": _add(s.compute_input, t.get("head", 0.0)
+                                         + t.get("encode", 0.0)),
+                   "compute_infer": _add(s.compute_infer, sum(
+                       t.get(k, 0.0) for k in ("compute", "local", "tail", "cascade")))}
+            if "remote" in t:
+                new["queue"] = _add(s.queue, t.get("queue", 0.0))
+                new["compute_output"] = _add(s.compute_output, t["remote"] - sum(
+                    t.get(k, 0.0) for k in ("encode", "queue", "compute")))
+            self._stats = StatsSnapshot(**new)
+
+    def stats(self) -> StatsSnapshot:
+        with self._lock:
+            return self._stats
 
     def _count(self, key: str) -> None:
         with self._lock:
@@ -118,6 +182,10 @@ class Tally:
     def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
+
+
+def _fields(s: StatsSnapshot) -> dict[str, object]:
+    return {name: getattr(s, name) for name in StatsSnapshot.__slots__}
 
 
 class RequestRunner:
@@ -144,6 +212,7 @@ class RequestRunner:
         self._outputs = [t.name for t in runtime.manifest.outputs]
         casc = cfg.policy.cascade
         self.cascade = Cascade(casc, self._outputs) if casc.enabled else None
+        self.tracer: Tracer = tracer_for(cfg.tracing, "tiersplit-edge")
 
     def refresh_availability(self) -> None:
         """Tell the policy which endpoints are connected and not refused by a breaker."""
@@ -151,8 +220,27 @@ class RequestRunner:
             self.estimates.set_available(ep.name, ep.usable)
 
     def run(self, rid: str, x: dict[str, np.ndarray], deadline: Deadline, t0: float,
-            force: str | None = None) -> InferResult:
-        """One request, from the policy's choice to outputs (``t0``: when it arrived)."""
+            force: str | None = None, traceparent: str | None = None) -> InferResult:
+        """One request, from the policy's choice to outputs (``t0``: when it arrived;
+        ``traceparent``: the application's trace, continued by the ``request`` span)."""
+        attrs = {"tiersplit.model": self._model, "tiersplit.version": self._version,
+                 "tiersplit.agent": self.cfg.agent_id}
+        with self.tracer.active("request", traceparent, attrs) as span:
+            res = self._run(rid, x, deadline, t0, force)
+            span.set("tiersplit.cut", res.cut)
+            span.set("tiersplit.path", res.path)
+            return res
+
+    @contextmanager
+    def _step(self, name: str, cut: str, **attrs: object) -> Iterator[Span]:
+        """A span for one step of the current request."""
+        with self.tracer.active(name, current_traceparent(),
+                                {"tiersplit.cut": cut, "tiersplit.version": self._version,
+                                 **attrs}) as span:
+            yield span
+
+    def _run(self, rid: str, x: dict[str, np.ndarray], deadline: Deadline, t0: float,
+             force: str | None) -> InferResult:
         batch = next(iter(x.values())).shape[0]
         timings: dict[str, float] = {}
         ran: _DeviceAnswer | None = None
@@ -174,7 +262,8 @@ class RequestRunner:
                                     explored=choice.explored, cascade=casc, confidence=score)
             return self._local(rid, x, choice, DEVICE_PATH, {}, (), deadline, t0)
         try:
-            tensors, head_ms = self.runtime.run_head(choice.cut_id, x)
+            with self._step("head", choice.cut_id):
+                tensors, head_ms = self.runtime.run_head(choice.cut_id, x)
         except Exception as e:  # ORT failure of a head: the full model may still work
             log.warning("head %s failed (%s); finishing request locally", choice.cut_id,
                         type(e).__name__)
@@ -203,7 +292,8 @@ class RequestRunner:
     def _cascade(self, x: dict[str, np.ndarray]) -> _DeviceAnswer:
         """The full model on the device and whether its answer may stand alone."""
         assert self.cascade is not None
-        outputs, ms = self.runtime.run_full(x)
+        with self._step("device", EDGE_CUT, **{"tiersplit.step": "cascade"}):
+            outputs, ms = self.runtime.run_full(x)
         accepted, score = self.cascade.accepts(outputs)
         return _DeviceAnswer(outputs, ms, accepted, score)
 
@@ -225,7 +315,8 @@ class RequestRunner:
         cut = choice.cut_id
         if self.runtime.has_tail(cut):
             try:
-                outputs, tail_ms = self.runtime.run_tail(cut, tensors)
+                with self._step("device", cut, **{"tiersplit.step": "tail"}):
+                    outputs, tail_ms = self.runtime.run_tail(cut, tensors)
             except Exception as e:  # the full model may still work
                 log.warning("device tail of %s failed (%s); running the full model", cut,
                             type(e).__name__)
@@ -278,6 +369,11 @@ class RequestRunner:
                  batch: int) -> tuple[Attempt, Reply | None]:
         """Send ``req`` to ``ep`` once; the attempt's record, and the reply on success."""
         flight = ep.enter(int(self.estimates.wire_bytes(req.cut) * batch))
+        net = self.tracer.span("network", current_traceparent(), {
+            "tiersplit.cut": req.cut, "tiersplit.version": req.version,
+            "tiersplit.endpoint": ep.name, "tiersplit.request_id": req.request_id})
+        req.traceparent = net.traceparent or ""  # the cloud core continues from here
+        start_ns = time.time_ns()
         t_send = time.monotonic()
         encode_ms = 0.0
         token = None
@@ -285,6 +381,10 @@ class RequestRunner:
             try:
                 fut = ep.link.submit(req)
                 encode_ms = (time.monotonic() - t_send) * 1e3
+                self.tracer.record("encode", net.traceparent, start_ns,
+                                   start_ns + int(encode_ms * 1e6),
+                                   {"tiersplit.cut": req.cut, "tiersplit.codec": req.codec,
+                                    "tiersplit.wire_bytes": req.wire_bytes})
                 flight = self._learn_size(ep, req, flight, encode_ms, batch)
                 # from here an overdue reply is evidence for concurrent decisions
                 token = self.estimates.begin_transfer(ep.name, flight.own_bytes)
@@ -300,6 +400,7 @@ class RequestRunner:
             if token is not None:
                 self.estimates.end_transfer(token)
             solo = ep.leave(flight)
+            net.end()
         elapsed = (time.monotonic() - t_send) * 1e3
         if not reply.ok:
             status = Status(reply.status)
@@ -343,7 +444,8 @@ class RequestRunner:
                t0: float) -> InferResult:
         """The whole model on the device: by choice (``device``) or as the fallback."""
         try:
-            outputs, local_ms = self.runtime.run_full(x)
+            with self._step("device", choice.cut_id, **{"tiersplit.step": "full"}):
+                outputs, local_ms = self.runtime.run_full(x)
         except Exception as e:
             self.tally.failed(path, choice.cut_id, time.monotonic() - t0)
             log.error("local execution failed for request %s: %s", rid, type(e).__name__)
