@@ -290,3 +290,23 @@ def test_request_from_a_skewed_sender_keeps_its_budget(offset_s: float) -> None:
     got = wire.decode(frames)
     assert isinstance(got, Request) and got.request_id == "skewed"
     assert 0 < got.deadline.remaining_ms() <= 5000
+
+
+def test_traceparent_travels_and_a_bad_one_is_dropped_and_counted() -> None:
+    from contract.tracing import bad_traceparents
+
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    req = _req({"x": np.zeros((1, 2), np.float32)})
+    assert "tp" not in _header(wire.encode(req))  # untraced: no key at all
+    req.traceparent = tp
+    frames = wire.encode(req)
+    assert _header(frames)["tp"] == tp
+    assert wire.decode(frames).traceparent == tp
+    for bad in ("garbage", "00-" + "0" * 32 + "-00f067aa0ba902b7-01", 42,
+                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"):
+        head = _header(frames) | {"tp": bad}
+        body = json.dumps(head).encode()
+        before = bad_traceparents()
+        got = wire.decode([bytes(frames[0][:2]) + body, *frames[1:]])
+        assert got.traceparent == "" and got.request_id == req.request_id
+        assert bad_traceparents() == before + 1
