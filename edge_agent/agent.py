@@ -2,8 +2,9 @@
 
 ``EdgeAgent(config).start()`` verifies the bundle (refusing an unsigned or tampered
 one), measures the heads on this device, connects to the cloud endpoints the residency
-rules allow, and serves the local API; ``stop()`` stops accepting, drains requests in
-flight and closes the links. ``tiersplit edge run`` is a thin wrapper around it.
+rules allow, serves the local API (HTTP, and gRPC when ``api.grpc_port`` is set) and
+tells systemd it is ready; ``stop()`` stops accepting, drains requests in flight and
+closes the links. ``tiersplit edge run`` is a thin wrapper around it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from edge_agent.policy import Policy
 from edge_agent.result import RequestHandle
 from edge_agent.runner import StatsSnapshot
 from edge_agent.runtime import EdgeRuntime, load_edge_bundle
+from edge_agent.systemd import apply_credentials, notify
 from transport.base import ClientLink
 from transport.errors import TransportError
 from transport.keys import check_secret_permissions
@@ -83,7 +85,9 @@ class EdgeAgent:
     """
 
     def __init__(self, config: EdgeConfig | Path | str, *, serve_http: bool = True) -> None:
-        self.config = config if isinstance(config, EdgeConfig) else load_config(config)
+        # under systemd, secrets come from LoadCredential= ($CREDENTIALS_DIRECTORY)
+        self.config = apply_credentials(
+            config if isinstance(config, EdgeConfig) else load_config(config))
         self.serve_http = serve_http
         self.metrics = EdgeMetrics()
         self.runtime: EdgeRuntime | None = None
@@ -150,6 +154,7 @@ class EdgeAgent:
         self._ready = True
         with self._lock:
             self._state = "running"
+        notify("READY=1")  # Type=notify: systemctl start returns once the agent serves
         log.info("edge agent %s serving %s v%s (digest %s…) on %s", cfg.agent_id,
                  bundle.name, bundle.version, bundle.digest[:12], self.http_url or "no HTTP")
         return self
@@ -223,6 +228,7 @@ class EdgeAgent:
                 self._state = "stopped"
                 return
             self._state = "stopping"
+        notify("STOPPING=1")
         self._ready = False
         self._teardown(grace)
         with self._lock:

@@ -8,15 +8,23 @@ Planning is pure (:func:`plan_install` returns the files it would write, with mo
     etc/tiersplit/keys/<file>                   secrets 0600, public keys 0644
     var/lib/tiersplit/bundles/<model>/<version> a copy of the bundle (read-only)
 
-The unit runs as an unprivileged user (``--user``, default ``tiersplit``; create it with
-``useradd --system tiersplit``), restarts on failure, and is hardened
-(NoNewPrivileges, ProtectSystem=strict, no capabilities, loopback/inet sockets only).
+The unit runs as an unprivileged user (``--user``, default ``tiersplit``; a real install,
+``--prefix /`` as root, creates it with ``useradd --system`` when it is missing), restarts
+on failure, and is hardened (NoNewPrivileges, ProtectSystem=strict, no capabilities,
+loopback/inet sockets only). It is ``Type=notify``: the agent tells systemd when it
+serves, so ``systemctl start`` returns then. Secrets stay root-only (0600 root) and reach
+the service through ``LoadCredential=`` (one credential per secret file, named after
+it); the agent reads them from ``$CREDENTIALS_DIRECTORY``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import pwd
 import shlex
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -26,9 +34,12 @@ import yaml
 
 from edge_agent.config import EdgeConfig, load_config
 from edge_agent.errors import ConfigError
+from edge_agent.systemd import SECRET_FIELDS
 
-__all__ = ["SERVICE_NAME", "InstallPlan", "PlannedFile", "apply_plan", "plan_install",
-           "render_unit"]
+log = logging.getLogger(__name__)
+
+__all__ = ["SERVICE_NAME", "InstallPlan", "PlannedFile", "apply_plan", "ensure_user",
+           "plan_install", "render_unit"]
 
 SERVICE_NAME = "tiersplit-edge.service"
 ETC = PurePosixPath("/etc/tiersplit")
@@ -37,7 +48,7 @@ BUNDLES = PurePosixPath("/var/lib/tiersplit/bundles")
 UNIT_DIR = PurePosixPath("/etc/systemd/system")
 
 # Path-valued config fields that hold secrets (0600); other path fields are public (0644).
-_SECRET_FIELDS = {"secret_key", "client_key", "password_file", "token_file"}
+_SECRET_FIELDS = SECRET_FIELDS
 
 
 @dataclass(frozen=True)
@@ -67,10 +78,13 @@ class InstallPlan:
         return [f.describe() for f in self.files]
 
 
-def render_unit(config_path: PurePosixPath, user: str, exec_argv: list[str]) -> str:
-    """The systemd unit text."""
+def render_unit(config_path: PurePosixPath, user: str, exec_argv: list[str],
+                credentials: tuple[PurePosixPath, ...] = ()) -> str:
+    """The systemd unit text; each of ``credentials`` (secret files) is loaded with
+    ``LoadCredential=<file name>:<path>``."""
     cmd = " ".join(shlex.quote(a) for a in
                    [*exec_argv, "edge", "run", "--config", str(config_path)])
+    creds = "".join(f"LoadCredential={p.name}:{p}\n" for p in credentials)
     return f"""[Unit]
 Description=tiersplit edge agent (split inference: int8 heads here, tails in the cloud)
 Documentation=file://{ETC}/edge.yaml
@@ -78,10 +92,15 @@ After=network-online.target
 Wants=network-online.target
 
 [Service]
-Type=simple
+# the agent sends READY=1 once it serves (and STOPPING=1 as it drains)
+Type=notify
+NotifyAccess=main
+TimeoutStartSec=120
 User={user}
 Group={user}
 ExecStart={cmd}
+# secrets: read by systemd (root), given to the service in $CREDENTIALS_DIRECTORY
+{creds}
 Restart=on-failure
 RestartSec=2
 # SIGTERM: stop accepting, drain requests in flight, close links
@@ -214,7 +233,8 @@ def plan_install(config: Path | str | EdgeConfig, *, user: str = "tiersplit",
     config_text = ("# written by `tiersplit edge install`; see configs/edge.yaml for "
                    "every setting\n" + yaml.safe_dump(doc, sort_keys=False))
     argv = exec_argv or [sys.executable, "-m", "tiersplit.cli"]
-    unit = render_unit(ETC / "edge.yaml", user, argv)
+    secrets = tuple(f.target for f in col.files if f.kind == "secret")
+    unit = render_unit(ETC / "edge.yaml", user, argv, secrets)
     files = [
         PlannedFile(UNIT_DIR / SERVICE_NAME, 0o644, unit.encode(), kind="unit"),
         PlannedFile(ETC / "edge.yaml", 0o600, config_text.encode(), kind="config"),
@@ -224,11 +244,32 @@ def plan_install(config: Path | str | EdgeConfig, *, user: str = "tiersplit",
     return InstallPlan(tuple(files), user, unit, config_text)
 
 
+def ensure_user(user: str, prefix: Path | str) -> bool:
+    """Create the service's system user when this is a real install (``prefix`` is
+    ``/``, run as root) and it does not exist yet. Returns whether it was created."""
+    if Path(prefix).resolve() != Path("/") or os.geteuid() != 0:
+        return False
+    try:
+        pwd.getpwnam(user)
+        return False
+    except KeyError:
+        pass
+    tool = shutil.which("useradd")
+    if tool is None:
+        raise ConfigError(f"user {user!r} does not exist and useradd is not installed; "
+                          "create the user, then install again")
+    nologin = shutil.which("nologin") or "/usr/sbin/nologin"
+    r = subprocess.run([tool, "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", nologin, user], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise ConfigError(f"useradd {user} failed: {r.stderr.strip()}")
+    log.info("created system user %s", user)
+    return True
+
+
 def _chown(path: Path, user: str) -> bool:
     if os.geteuid() != 0:
         return False
-    import pwd
-
     try:
         pw = pwd.getpwnam(user)
     except KeyError:
@@ -240,10 +281,13 @@ def _chown(path: Path, user: str) -> bool:
 def apply_plan(plan: InstallPlan, prefix: Path | str = "/") -> list[Path]:
     """Write the planned files under ``prefix`` (secrets created 0600 from the start).
 
-    Files the service reads (config, secrets) are chowned to the service user when run
-    as root and the user exists. Returns the written paths.
+    On a real install (``prefix`` ``/``, as root) the service user is created if missing
+    (:func:`ensure_user`). The config is chowned to it when run as root;
+    secrets stay root's (the unit hands them over with ``LoadCredential=``). Returns the
+    written paths.
     """
     root = Path(prefix)
+    ensure_user(plan.user, root)
     written = []
     for f in plan.files:
         dest = root / f.target.relative_to("/")
@@ -257,7 +301,7 @@ def apply_plan(plan: InstallPlan, prefix: Path | str = "/") -> list[Path]:
         finally:
             os.close(fd)
         os.chmod(dest, f.mode)
-        if f.kind in ("config", "secret"):
+        if f.kind == "config":
             _chown(dest, plan.user)
         written.append(dest)
     for d in {root / f.target.relative_to("/").parent for f in plan.files if f.kind == "bundle"}:

@@ -69,6 +69,12 @@ def test_install_into_temp_root(install_config: Path, tmp_path: Path, edge_bundl
     assert svc["NoNewPrivileges"] == "yes" and svc["ProtectSystem"] == "strict"
     assert svc["CapabilityBoundingSet"] == ""
     assert svc["ExecStart"].endswith("edge run --config /etc/tiersplit/edge.yaml")
+    assert svc["Type"] == "notify" and svc["NotifyAccess"] == "main"
+    # every secret reaches the service as a credential named after its file
+    creds = sorted(ln.split("=", 1)[1] for ln in unit_path.read_text().splitlines()
+                   if ln.startswith("LoadCredential="))
+    assert creds == ["api.token:/etc/tiersplit/keys/api.token",
+                     "edge-1.key:/etc/tiersplit/keys/edge-1.key"]
     assert unit["Install"]["WantedBy"] == "multi-user.target"
 
     def mode(p: Path) -> int:
@@ -119,3 +125,52 @@ def test_install_refuses_root_and_missing_files(install_config: Path, tmp_path: 
     err = " ".join(r.stderr.split())  # rich wraps long lines
     assert r.returncode == 2 and "endpoints.0.link.secret_key: file" in err
     assert "does not exist" in err
+
+
+def test_agent_reads_secrets_from_systemd_credentials(edge_bundle, tmp_path, make_agent,
+                                                      monkeypatch) -> None:
+    """With $CREDENTIALS_DIRECTORY set (LoadCredential=), the token file of that name
+    there is the one the API checks; the configured path is not read."""
+    import httpx
+
+    from tests.edge.conftest import base_config
+
+    etc, creds = tmp_path / "etc", tmp_path / "creds"
+    for d, token in ((etc, "from-etc"), (creds, "from-credential")):
+        d.mkdir()
+        (d / "api.token").write_text(token)
+        os.chmod(d / "api.token", 0o400 if d is creds else 0o600)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    agent = make_agent(base_config(edge_bundle, api={
+        "port": 0, "token_file": str(etc / "api.token")}))
+    assert agent.config.api.token_file == creds / "api.token"
+    url = f"{agent.http_url}/v2/models/edge_cnn"
+    ok = {"Authorization": "Bearer from-credential"}
+    assert httpx.get(url, headers=ok, timeout=10).status_code == 200
+    old = {"Authorization": "Bearer from-etc"}
+    assert httpx.get(url, headers=old, timeout=10).status_code == 401
+
+
+def test_agent_notifies_systemd_ready_and_stopping(edge_bundle, tmp_path, make_agent,
+                                                   monkeypatch) -> None:
+    """READY=1 once the API serves, STOPPING=1 as the agent drains, as datagrams on the
+    socket a Type=notify unit gets in $NOTIFY_SOCKET (bound here by the test)."""
+    import socket
+
+    import httpx
+
+    from tests.edge.conftest import base_config
+
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(60)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    try:
+        agent = make_agent(base_config(edge_bundle))
+        assert sock.recv(256) == b"READY=1"
+        assert httpx.get(f"{agent.http_url}/v2/health/ready", timeout=10).status_code == 200
+        agent.stop(grace=5)
+        assert sock.recv(256) == b"STOPPING=1"
+    finally:
+        sock.close()
