@@ -12,10 +12,13 @@ Names:
                                                   full
     tiersplit_edge_current_cut{cut}               1 for the cut the policy uses now
     tiersplit_edge_current_cut_depth              its depth (0 = cloud)
-    tiersplit_edge_uplink_bytes_per_second{endpoint}, tiersplit_edge_rtt_ms{endpoint},
-    tiersplit_edge_cloud_queue_ms{endpoint}       the policy's estimates
+    tiersplit_edge_uplink_bytes_per_second{endpoint}, tiersplit_edge_rtt_seconds{endpoint},
+    tiersplit_edge_cloud_queue_seconds{endpoint}  the policy's estimates
     tiersplit_edge_endpoint_connected{endpoint}, tiersplit_edge_breaker_open{endpoint}
-    tiersplit_edge_head_ms{cut}                   measured head latency on the device
+    tiersplit_edge_head_seconds{cut}              measured head latency on the device
+
+Every duration is in seconds (the Prometheus base unit), whatever unit the agent's own
+status uses.
 """
 
 from __future__ import annotations
@@ -50,14 +53,15 @@ class EdgeMetrics:
                                    "Depth of the current cut", registry=r)
         self.up = Gauge("tiersplit_edge_uplink_bytes_per_second", "Estimated uplink",
                         ["endpoint"], registry=r)
-        self.rtt = Gauge("tiersplit_edge_rtt_ms", "Estimated RTT", ["endpoint"], registry=r)
-        self.queue = Gauge("tiersplit_edge_cloud_queue_ms", "Estimated cloud queueing",
+        self.rtt = Gauge("tiersplit_edge_rtt_seconds", "Estimated RTT", ["endpoint"],
+                         registry=r)
+        self.queue = Gauge("tiersplit_edge_cloud_queue_seconds", "Estimated cloud queueing",
                            ["endpoint"], registry=r)
         self.connected = Gauge("tiersplit_edge_endpoint_connected", "Link up",
                                ["endpoint"], registry=r)
         self.breaker = Gauge("tiersplit_edge_breaker_open", "Breaker open (1) or not",
                              ["endpoint"], registry=r)
-        self.head_ms = Gauge("tiersplit_edge_head_ms", "Head latency on this device",
+        self.head = Gauge("tiersplit_edge_head_seconds", "Head latency on this device",
                              ["cut"], registry=r)
 
     # the sink EdgeClient calls
@@ -80,13 +84,13 @@ class EdgeMetrics:
         current = policy.get("current_cut")
         for cut_id, info in policy.get("cuts", {}).items():
             self.current_cut.labels(cut_id).set(1.0 if cut_id == current else 0.0)
-            self.head_ms.labels(cut_id).set(info.get("head_ms", 0.0))
+            self.head.labels(cut_id).set((info.get("head_ms") or 0.0) / 1e3)
             if cut_id == current:
                 self.current_depth.set(info.get("depth", 0))
         for name, est in policy.get("endpoints", {}).items():
             self.up.labels(name).set(est.get("up_Bps") or 0.0)
-            self.rtt.labels(name).set(est.get("rtt_ms") or 0.0)
-            self.queue.labels(name).set(est.get("queue_ms") or 0.0)
+            self.rtt.labels(name).set((est.get("rtt_ms") or 0.0) / 1e3)
+            self.queue.labels(name).set((est.get("queue_ms") or 0.0) / 1e3)
         for name, ep in status.get("endpoints", {}).items():
             self.connected.labels(name).set(1.0 if ep.get("connected") else 0.0)
             self.breaker.labels(name).set(0.0 if ep.get("breaker") == "closed" else 1.0)

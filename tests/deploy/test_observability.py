@@ -254,7 +254,7 @@ def test_dashboard_is_per_model_and_cut_and_covers_every_stage() -> None:
     names = {v["name"] for v in dashboard["templating"]["list"]}
     assert {"datasource", "model", "cut"} <= names
     exprs = " ".join(e for _, _, e in panel_queries(dashboard))
-    for metric in ("tiersplit_edge_head_ms", "tiersplit_edge_request_seconds_sum",
+    for metric in ("tiersplit_edge_head_seconds", "tiersplit_edge_request_seconds_sum",
                    "tiersplit_cloud_queue_seconds_bucket",
                    "tiersplit_cloud_compute_seconds_bucket",
                    "tiersplit_cloud_batch_size_bucket", "tiersplit_cloud_queue_depth",

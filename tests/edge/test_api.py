@@ -217,6 +217,14 @@ def test_status_and_metrics(agent) -> None:
     m = httpx.get(f"{agent.http_url}/metrics", timeout=10).text
     assert 'tiersplit_edge_requests_total{outcome="ok",path="edge"} 1.0' in m
     assert 'tiersplit_edge_current_cut{cut="edge"} 1.0' in m
+    # durations in seconds, the Prometheus base unit: no metric name ends in _ms
+    names = {ln.split("{")[0].split(" ")[0] for ln in m.splitlines()
+             if ln and not ln.startswith("#")}
+    assert not [n for n in names if n.endswith("_ms")], names
+    head_ms = st["policy"]["cuts"]["k2"]["head_ms"]
+    line = next(ln for ln in m.splitlines()
+                if ln.startswith('tiersplit_edge_head_seconds{cut="k2"}'))
+    assert float(line.split()[-1]) == pytest.approx(head_ms / 1e3)
 
 
 def test_cut_override_parameter_is_parsed() -> None:
