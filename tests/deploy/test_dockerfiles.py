@@ -135,7 +135,8 @@ def test_edge_image_install_steps_give_a_torch_free_agent(tmp_path: Path) -> Non
     r = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=_pip_env(),
                        timeout=3600)
     assert r.returncode == 0, f"{shlex.join(recipe.pip_install)} failed:\n{r.stderr[-4000:]}"
-    probe = ("import importlib.util, edge_agent, edge_agent.api, edge_agent.runtime, "
+    probe = ("import importlib.util, edge_agent, edge_agent.api, edge_agent.grpc_api, "
+             "edge_agent.runtime, contract.tracing, opentelemetry.sdk.trace, "
              "transport.zmq, transport.mqtt, onnxruntime\n"
              "assert importlib.util.find_spec('torch') is None, 'torch in the edge image'\n"
              "print(edge_agent.__file__)")

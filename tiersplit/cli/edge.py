@@ -29,7 +29,8 @@ def run(
     config: Path = typer.Option(..., "--config", "-c", help="edge.yaml"),
     port: int | None = typer.Option(None, help="Override api.port (0 = any free port)."),
 ) -> None:
-    """Serve the local KServe v2 API until SIGTERM/SIGINT; prints `READY http=...`."""
+    """Serve the local KServe v2 API until SIGTERM/SIGINT; prints `READY http=...`
+    (and `grpc=host:port` when api.grpc_port is set)."""
     with _errors():
         from edge_agent import EdgeAgent, load_config
 
@@ -49,7 +50,8 @@ def run(
     endpoints = ",".join(agent.client.endpoint_status()) if agent.client else ""
     print(f"READY http={agent.http_url} agent={cfg.agent_id} "
           f"model={b.name if b else '?'} version={b.version if b else '?'} "
-          f"endpoints={endpoints or '-'}", flush=True)
+          f"endpoints={endpoints or '-'}"
+          + (f" grpc={agent.grpc_url}" if agent.grpc_url else ""), flush=True)
     try:
         while not stop.wait(0.5):
             pass
