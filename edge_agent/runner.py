@@ -367,12 +367,23 @@ class RequestRunner:
 
     def _attempt(self, ep: Endpoint, req: Request, budget_ms: float,
                  batch: int) -> tuple[Attempt, Reply | None]:
-        """Send ``req`` to ``ep`` once; the attempt's record, and the reply on success."""
-        flight = ep.enter(int(self.estimates.wire_bytes(req.cut) * batch))
+        """Send ``req`` to ``ep`` once; the attempt's record, and the reply on success.
+        The ``network`` span covers send to reply; its traceparent travels with ``req``."""
         net = self.tracer.span("network", current_traceparent(), {
             "tiersplit.cut": req.cut, "tiersplit.version": req.version,
             "tiersplit.endpoint": ep.name, "tiersplit.request_id": req.request_id})
         req.traceparent = net.traceparent or ""  # the cloud core continues from here
+        try:
+            attempt, reply = self._send(ep, req, budget_ms, batch, net)
+            if reply is None:
+                net.error(attempt.outcome)
+            return attempt, reply
+        finally:
+            net.end()
+
+    def _send(self, ep: Endpoint, req: Request, budget_ms: float, batch: int,
+              net: Span) -> tuple[Attempt, Reply | None]:
+        flight = ep.enter(int(self.estimates.wire_bytes(req.cut) * batch))
         start_ns = time.time_ns()
         t_send = time.monotonic()
         encode_ms = 0.0
@@ -400,7 +411,6 @@ class RequestRunner:
             if token is not None:
                 self.estimates.end_transfer(token)
             solo = ep.leave(flight)
-            net.end()
         elapsed = (time.monotonic() - t_send) * 1e3
         if not reply.ok:
             status = Status(reply.status)
