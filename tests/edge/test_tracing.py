@@ -165,6 +165,8 @@ def test_one_request_one_trace_in_process(edge_bundle, ring, core_factory,
     before = bad_traceparents()
     assert _infer(agent, "00-not-a-trace-01")["path"] == "remote"
     assert bad_traceparents() == before + 1
+    assert f"tiersplit_edge_traceparents_ignored_total {float(before + 1)}" in \
+        agent.metrics_text().decode()
     spans = _as_docs([*edge_mem.get_finished_spans(), *core_mem.get_finished_spans()])
     _check_one_trace(spans, spans[0]["trace_id"], None)
 
