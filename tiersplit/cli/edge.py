@@ -81,8 +81,9 @@ def install(
             return
         written = apply_plan(plan, prefix)
     console.print(f"wrote {len(written)} files under {prefix}")
-    console.print(f"next: useradd --system {user}; systemctl daemon-reload; "
-                  f"systemctl enable --now {SERVICE_NAME}", highlight=False)
+    # a real install (--prefix / as root) has created the service user if it was missing
+    console.print(f"next: systemctl daemon-reload; systemctl enable --now {SERVICE_NAME} "
+                  f"(runs as {user})", highlight=False)
 
 
 @edge_app.command("status")
