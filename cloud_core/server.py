@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from cloud_core.metrics import UNKNOWN, CloudMetrics
 from cloud_core.repository import LoadedVersion, Repository
 from cloud_core.validate import Target, Validated, check_request, resolve_target
 from transport.base import Responder, ServerLink
-from transport.messages import LoadReport, Reply, Request, Status
+from transport.messages import Directive, Fetch, LoadReport, Reply, Report, Request, Status
 
 __all__ = ["CloudCore"]
 
@@ -91,12 +92,51 @@ class CloudCore:
         self.repository = Repository(config.repository, key,
                                      allow_unsigned=config.allow_unsigned,
                                      backend_factory=make_backend_factory(config.backend))
+        self._init_rollout()
         b = config.batching
         self.batcher = Batcher(max_batch=b.max_batch, max_delay_s=b.max_queue_delay_ms / 1e3,
                                max_queue=b.max_queue, workers=config.executor_workers,
                                idle_gap_s=b.idle_gap_s, adaptive=b.adaptive_delay,
                                execute=self._execute, on_expired=self._expired,
                                on_failed=self._failed, on_depth=self._depth)
+
+    def _init_rollout(self) -> None:
+        """Model distribution and rollout plans: a small pool of their own, off the
+        inference batcher, so downloads never delay a request's compute."""
+        from cloud_core.distribution import Distributor
+        from cloud_core.rollout import STATES, FleetStats, PlanStore, RolloutManager
+
+        cfg = self.config.rollout
+        m = self.metrics
+        self.distributor = Distributor(
+            self.config.repository,
+            on_refused=lambda reason: m.distribution_refused.labels(reason=reason).inc(),
+            on_served=m.distribution_bytes.inc)
+        state_file = cfg.state_file or self.config.repository / ".rollouts.json"
+        self.rollout = RolloutManager(
+            PlanStore(state_file), FleetStats(cfg.window_s),
+            digest_of=self._rollout_digest, loaded_digest=self._loaded_digest,
+            active=lambda name: (lv.version if (lv := self.repository.active(name)) else None),
+            on_change=lambda plan: m.rollout_state.labels(model=plan.model).set(
+                STATES[plan.state]))
+        for plan in self.rollout.plans.values():
+            m.rollout_state.labels(model=plan.model).set(STATES[plan.state])
+        self._control_pool = ThreadPoolExecutor(max_workers=2,
+                                                thread_name_prefix="cloud-control")
+
+    def _rollout_digest(self, name: str, version: str) -> str:
+        from cloud_core.errors import RolloutError
+
+        try:
+            return self.load_model(name, version)["digest"]
+        except CloudError as e:
+            raise RolloutError(f"cannot roll out {name}:{version}: {e}") from e
+
+    def _loaded_digest(self, digest: str) -> tuple[str, str] | None:
+        for lv in self.repository.all_loaded():
+            if lv.digest == digest:
+                return lv.name, lv.version
+        return None
 
     # -- life cycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -175,6 +215,7 @@ class CloudCore:
         grace = self.config.grace_s if grace is None else grace
         log.info("draining (grace %.1f s)", grace)
         self.batcher.stop(grace)
+        self._control_pool.shutdown(wait=False, cancel_futures=True)
         for link in reversed(self._links):
             try:
                 link.stop()
@@ -235,6 +276,35 @@ class CloudCore:
         except Exception as e:  # a bug must not kill the link's I/O thread
             log.exception("unexpected error validating request %s", request.request_id)
             self._refuse(request, responder, e, target)
+
+    def on_control(self, msg: Fetch | Report, send: Any) -> None:
+        """A download chunk or a rollout report from an authenticated agent (called on a
+        link's I/O thread: handed to the control pool)."""
+        try:
+            self._control_pool.submit(self._control, msg, send)
+        except RuntimeError:  # shutting down
+            send(Reply(request_id=msg.request_id, status=Status.UNAVAILABLE,
+                       error="cloud core is shutting down"))
+
+    def _control(self, msg: Fetch | Report, send: Any) -> None:
+        try:
+            if isinstance(msg, Fetch):
+                if not self.config.rollout.serve_bundles:
+                    from transport.messages import Chunk
+
+                    reply: Any = Chunk(request_id=msg.request_id, status=Status.UNAVAILABLE,
+                                       error="this core does not serve bundles")
+                else:
+                    reply = self.distributor.serve(msg)
+            else:
+                self.metrics.agent_seen(msg.agent_id, msg.model, msg.version)
+                reply = Directive(request_id=msg.request_id,
+                                  target=self.rollout.on_report(msg))
+        except Exception as e:
+            log.exception("control message %s failed", msg.request_id)
+            reply = Reply(request_id=msg.request_id, status=Status.INTERNAL,
+                          error=f"server error: {type(e).__name__}")
+        _send_any(send, reply)
 
     def on_reject(self, reason: str, agent_id: str | None) -> None:
         self.metrics.rejected.labels(reason=reason).inc()
@@ -359,6 +429,11 @@ class CloudCore:
         self._retire(old)
         return active
 
+    def rollout_start(self, name: str, version: str, **options: Any) -> dict[str, Any]:
+        """Start a rollout plan (loads the target version first: both tiers need it)."""
+        plan = self.rollout.start(name, version, **options)
+        return plan.to_json()
+
     def reload_admin_token(self) -> None:
         """Re-read ``admin.token_file`` (SIGHUP): the rotated token works, the old one no
         longer does. A no-op without a token file; on a read error the old token stays."""
@@ -373,6 +448,13 @@ class CloudCore:
             if reload is not None:
                 out[kind] = out.get(kind, 0) + int(reload())
         return out
+
+
+def _send_any(send: Any, msg: Any) -> None:
+    try:
+        send(msg)
+    except Exception as e:  # the link may be closing; the agent retries
+        log.warning("control answer %s not sent: %s", msg.request_id, e)
 
 
 def _deadline_error(entry: Entry, waited: float) -> CloudError:

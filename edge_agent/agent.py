@@ -17,18 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from contract.bundle import Manifest
+from contract.bundle import Bundle, Manifest
 from contract.deadline import Deadline
 from contract.privacy import judge_cuts
 from edge_agent.client import EdgeClient
 from edge_agent.config import EdgeConfig, load_config
 from edge_agent.cuts import cut_infos_from_manifest
 from edge_agent.endpoints import EndpointInfo, resident
-from edge_agent.errors import AgentNotReady, ConfigError
+from edge_agent.errors import AgentNotReady, BundleRefused, ConfigError, UpdateFailed
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.policy import Policy
 from edge_agent.result import RequestHandle
 from edge_agent.runtime import EdgeRuntime, load_edge_bundle
+from edge_agent.updater import Updater
 from transport.base import ClientLink
 from transport.errors import TransportError
 from transport.keys import check_secret_permissions
@@ -87,6 +88,7 @@ class EdgeAgent:
         self.runtime: EdgeRuntime | None = None
         self.policy: Policy | None = None
         self.client: EdgeClient | None = None
+        self.updater: Updater | None = None
         self._server: Any = None
         self._server_thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
@@ -113,28 +115,20 @@ class EdgeAgent:
             token = _read_token(cfg)
             bundle = load_edge_bundle(cfg.bundle.path, cfg.bundle.public_key,
                                       cfg.bundle.allow_unsigned)
-            cuts = cut_infos_from_manifest(bundle.manifest)
-            endpoints = [EndpointInfo(e.name, e.region) for e in cfg.endpoints]
-            # the floor is judged on the signed manifest: its privacy audit states the risk
-            verdicts = judge_cuts(bundle.manifest, cfg.policy.privacy_floor, cfg.codec)
-            policy_cfg = cfg.policy
-            if policy_cfg.accuracy_floor is None:  # the floor the partitioner shipped
-                policy_cfg = policy_cfg.model_copy(update={
-                    "accuracy_floor": bundle.manifest.quantization.accuracy_floor})
-            try:
-                self.policy = Policy(cuts, endpoints, policy_cfg, cfg.codec,
-                                     allowed_regions=cfg.allowed_regions,
-                                     prior=_load_prior(cfg, bundle.name), privacy=verdicts)
-            except ValueError as e:
-                raise ConfigError(str(e)) from e
-            self.runtime = EdgeRuntime(bundle, intra_op_threads=cfg.runtime.intra_op_threads,
-                                       inter_op_threads=cfg.runtime.inter_op_threads,
-                                       on_timing=self.policy.estimates.observe_head,
-                                       emulate_gmacs=cfg.runtime.emulate_gmacs)
-            self.runtime.measure(cfg.runtime.warmup_runs, cfg.runtime.measure_runs)
+            self.policy = self._make_policy(bundle)
+            self.runtime = self._make_runtime(bundle, self.policy)
             links = self._connect()
             self.client = EdgeClient(self.runtime, self.policy, links, cfg, self.metrics)
             self.client.start()
+            if cfg.update.state_dir is not None:
+                key = None
+                if cfg.bundle.public_key is not None:
+                    from transport.keys import load_ed25519_public
+
+                    key = load_ed25519_public(cfg.bundle.public_key)
+                self.updater = Updater(self, cfg.update, key, cfg.agent_id, bundle,
+                                       self.metrics)
+                self.updater.start()
             if self.serve_http:
                 self._start_http(token, timeout)
         except BaseException:
@@ -149,6 +143,73 @@ class EdgeAgent:
         log.info("edge agent %s serving %s v%s (digest %s…) on %s", cfg.agent_id,
                  bundle.name, bundle.version, bundle.digest[:12], self.http_url or "no HTTP")
         return self
+
+    def _make_policy(self, bundle: Bundle) -> Policy:
+        cfg = self.config
+        cuts = cut_infos_from_manifest(bundle.manifest)
+        endpoints = [EndpointInfo(e.name, e.region) for e in cfg.endpoints]
+        # the floor is judged on the signed manifest: its privacy audit states the risk
+        verdicts = judge_cuts(bundle.manifest, cfg.policy.privacy_floor, cfg.codec)
+        policy_cfg = cfg.policy
+        if policy_cfg.accuracy_floor is None:  # the floor the partitioner shipped
+            policy_cfg = policy_cfg.model_copy(update={
+                "accuracy_floor": bundle.manifest.quantization.accuracy_floor})
+        try:
+            return Policy(cuts, endpoints, policy_cfg, cfg.codec,
+                          allowed_regions=cfg.allowed_regions,
+                          prior=_load_prior(cfg, bundle.name), privacy=verdicts)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+
+    def _make_runtime(self, bundle: Bundle, policy: Policy) -> EdgeRuntime:
+        """ORT sessions of ``bundle``, warmed and measured on this device."""
+        rt = self.config.runtime
+        runtime = EdgeRuntime(bundle, intra_op_threads=rt.intra_op_threads,
+                              inter_op_threads=rt.inter_op_threads,
+                              on_timing=policy.estimates.observe_head,
+                              emulate_gmacs=rt.emulate_gmacs)
+        runtime.measure(rt.warmup_runs, rt.measure_runs)
+        return runtime
+
+    # ---- what the updater needs (edge_agent.updater.UpdateHost) ----------------------
+
+    def links(self) -> list[ClientLink]:
+        return self.client.links() if self.client is not None else []
+
+    def current_bundle(self) -> Bundle:
+        if self.runtime is None:
+            raise AgentNotReady("the agent has not started")
+        return self.runtime.bundle
+
+    def request_counts(self) -> tuple[int, int, float, float]:
+        """(requests finished, of which not answered as chosen: fallback or error, recent
+        p50 ms, recent p99 ms) since start: what the agent reports to the cloud."""
+        if self.client is None:
+            return 0, 0, 0.0, 0.0
+        c = self.client.counts_by_path()
+        done = sum(c.get(k, 0) for k in ("remote", "device", "fallback", "error"))
+        p50, p99 = self.client.tally.percentiles()
+        return done, c.get("fallback", 0) + c.get("error", 0), p50, p99
+
+    def switch(self, bundle: Bundle) -> None:
+        """Load ``bundle`` (verified), warm it, and serve new requests from it; requests
+        in flight finish on the version they started on.
+
+        Raises:
+            UpdateFailed: (``load``) ONNX Runtime refused the bundle; nothing changed.
+        """
+        if self.client is None or self.runtime is None or self.policy is None:
+            raise UpdateFailed("load", "the agent is not running")
+        old = self.runtime.manifest
+        same_cuts = ([(c.id, c.tensors) for c in old.cuts]
+                     == [(c.id, c.tensors) for c in bundle.manifest.cuts])
+        try:
+            policy = self.policy if same_cuts else self._make_policy(bundle)
+            runtime = self._make_runtime(bundle, policy)
+        except (BundleRefused, ConfigError) as e:
+            raise UpdateFailed("load", str(e)) from e
+        self.client.swap(runtime, policy)
+        self.runtime, self.policy = runtime, policy
 
     def _connect(self) -> dict[str, ClientLink]:
         from transport import make_client_link
@@ -215,6 +276,8 @@ class EdgeAgent:
         # for the responses in flight while the client still serves them; then the
         # client drains what was submitted in-process and closes the links.
         self._ready = False
+        if self.updater is not None:
+            self.updater.stop()
         if self._server is not None:
             self._server.should_exit = True
             if self._server_thread is not None:
@@ -299,6 +362,9 @@ class EdgeAgent:
                              "signed": b.signed, "path": str(b.path),
                              "cuts": b.manifest.cut_ids}
             out["model_name"] = self.model_name
+            out["update"] = (self.updater.status() if self.updater is not None
+                             else {"current": b.version, "staged": "", "previous": "",
+                                   "kept": [], "error": "", "switches": 0})
         eps: dict[str, Any] = {}
         live = self.client.endpoint_status() if self.client is not None else {}
         allowed = resident(cfg.endpoints, cfg.allowed_regions)
