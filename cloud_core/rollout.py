@@ -408,8 +408,6 @@ class RolloutManager:
             out: dict[str, Any] = {}
             for m in models:
                 plan = self.plans.get(m)
-                if plan is None and model is not None:
-                    self._plan(m)
                 agents = self.stats.agents(m)
                 out[m] = {
                     "plan": plan.to_json() if plan is not None else None,
