@@ -149,7 +149,8 @@ def _thresholds(q: Any) -> Any:
         return Thresholds(
             max_error_rate=float(q.get("max_error_rate", d.max_error_rate)),
             max_p99_ratio=float(q.get("max_p99_ratio", d.max_p99_ratio)),
-            min_requests=int(q.get("min_requests", d.min_requests)))
+            min_requests=int(q.get("min_requests", d.min_requests)),
+            min_answers=int(q.get("min_answers", d.min_answers)))
     except ValueError as e:
         raise RolloutError(f"bad threshold: {e}") from None
 

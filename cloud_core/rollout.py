@@ -56,13 +56,15 @@ def agent_fraction(agent_id: str) -> float:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """When a canary is rolled back automatically: the target's error rate above
-    ``max_error_rate``, or its p99 above ``max_p99_ratio`` x the stable version's, once
-    the target has served ``min_requests`` in the window."""
+    """When a canary is rolled back automatically: the target's error rate (error answers
+    per cloud answer, judged once it has ``min_answers``) above ``max_error_rate``, or its
+    p99 above ``max_p99_ratio`` x the stable version's; either once the target has served
+    ``min_requests`` in the window."""
 
     max_error_rate: float = 0.05
     max_p99_ratio: float = 2.0
     min_requests: int = 20
+    min_answers: int = 5
 
 
 @dataclass
@@ -169,7 +171,7 @@ class _Seen:
     previous: str
     update_error: str
     at: float
-    history: deque[tuple[float, int, int]] = field(default_factory=deque)
+    history: deque[tuple[float, int, int, int]] = field(default_factory=deque)
 
 
 class FleetStats:
@@ -187,7 +189,7 @@ class FleetStats:
             hist = prev.history if prev is not None and prev.version == r.version else deque()
             if hist and r.requests < hist[-1][1]:  # the agent restarted: counters reset
                 hist = deque()
-            hist.append((now, r.requests, r.errors))
+            hist.append((now, r.requests, r.cloud, r.errors))
             while len(hist) > 2 and hist[1][0] < now - self.window_s:
                 hist.popleft()
             self._agents[r.agent_id] = _Seen(r.model, r.version, r.digest, list(r.labels),
@@ -202,18 +204,21 @@ class FleetStats:
                     if s.model == model and s.at >= now - self.window_s}
 
     def by_version(self, model: str, now: float | None = None) -> dict[str, dict[str, Any]]:
-        """Per version: agents, requests/s, error rate, request-weighted p50/p99."""
+        """Per version: agents, requests/s, error rate (error answers per cloud answer:
+        a version whose tails fail shows even while breakers keep most requests on the
+        devices), request-weighted p50/p99."""
         now = time.monotonic() if now is None else now
         out: dict[str, dict[str, Any]] = {}
         for agent, s in sorted(self.agents(model, now).items()):
-            v = out.setdefault(s.version, {"agents": [], "requests": 0, "errors": 0,
-                                           "seconds": 0.0, "_w": 0.0, "_p50": 0.0,
-                                           "_p99": 0.0})
+            v = out.setdefault(s.version, {"agents": [], "requests": 0, "cloud": 0,
+                                           "errors": 0, "seconds": 0.0, "_w": 0.0,
+                                           "_p50": 0.0, "_p99": 0.0})
             v["agents"].append(agent)
             first, last = s.history[0], s.history[-1]
-            n, err = last[1] - first[1], last[2] - first[2]
+            n = last[1] - first[1]
             v["requests"] += n
-            v["errors"] += err
+            v["cloud"] += last[2] - first[2]
+            v["errors"] += last[3] - first[3]
             v["seconds"] = max(v["seconds"], last[0] - first[0])
             w = max(n, 1)
             v["_w"] += w
@@ -224,7 +229,7 @@ class FleetStats:
             v["p50_ms"] = round(v.pop("_p50") / w, 3)
             v["p99_ms"] = round(v.pop("_p99") / w, 3)
             v["rate_per_s"] = round(v["requests"] / v["seconds"], 3) if v["seconds"] else 0.0
-            v["error_rate"] = round(v["errors"] / v["requests"], 4) if v["requests"] else 0.0
+            v["error_rate"] = round(v["errors"] / v["cloud"], 4) if v["cloud"] else 0.0
         return out
 
 
@@ -389,8 +394,9 @@ class RolloutManager:
         th = plan.thresholds
         if t is None or t["requests"] < th.min_requests:
             return
+        # errors need answers from the cloud to judge; latency needs requests
         why = ""
-        if t["error_rate"] > th.max_error_rate:
+        if t["cloud"] >= th.min_answers and t["error_rate"] > th.max_error_rate:
             why = (f"error rate {t['error_rate']:.1%} of {plan.target} above "
                    f"{th.max_error_rate:.1%}")
         s = stats.get(plan.stable)

@@ -181,15 +181,19 @@ class EdgeAgent:
             raise AgentNotReady("the agent has not started")
         return self.runtime.bundle
 
-    def request_counts(self) -> tuple[int, int, float, float]:
-        """(requests finished, of which not answered as chosen: fallback or error, recent
-        p50 ms, recent p99 ms) since start: what the agent reports to the cloud."""
+    def request_counts(self) -> tuple[int, int, int, float, float]:
+        """What the agent reports to the cloud: (requests finished, cloud attempts the
+        cloud answered, of those with an error status, recent p50 ms, recent p99 ms);
+        counters since start, a request that failed outright counting as an answered
+        attempt in error."""
         if self.client is None:
-            return 0, 0, 0.0, 0.0
+            return 0, 0, 0, 0.0, 0.0
         c = self.client.counts_by_path()
-        done = sum(c.get(k, 0) for k in ("remote", "device", "fallback", "error"))
+        failed = c.get("error", 0)
+        done = sum(c.get(k, 0) for k in ("remote", "device", "fallback")) + failed
+        answered, errors = self.client.tally.replies()
         p50, p99 = self.client.tally.percentiles()
-        return done, c.get("fallback", 0) + c.get("error", 0), p50, p99
+        return done, answered + failed, errors + failed, p50, p99
 
     def switch(self, bundle: Bundle) -> None:
         """Load ``bundle`` (verified), warm it, and serve new requests from it; requests

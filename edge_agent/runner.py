@@ -98,6 +98,21 @@ class Tally:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
         self._recent: deque[float] = deque(maxlen=window)
+        self._replies = [0, 0]  # cloud attempts answered, of which with an error status
+
+    def answered(self, ok: bool, replied: bool) -> None:
+        """Count a cloud attempt the cloud answered (``replied``), and whether with
+        outputs: a version whose tails fail shows here even while the breaker keeps
+        requests on the device."""
+        if replied:
+            with self._lock:
+                self._replies[0] += 1
+                self._replies[1] += not ok
+
+    def replies(self) -> tuple[int, int]:
+        """(cloud attempts answered, of which with an error status) since start."""
+        with self._lock:
+            return self._replies[0], self._replies[1]
 
     def percentiles(self) -> tuple[float, float]:
         """(p50, p99) in ms of the recent requests ((0, 0) before any)."""
@@ -290,6 +305,8 @@ class RequestRunner:
                           codec=self.cfg.codec)
             attempt, reply = self._attempt(ep, req, budget_ms, batch)
             attempts.append(attempt)
+            self.tally.answered(ok=reply is not None,
+                                replied=reply is not None or attempt.outcome.startswith("status"))
             if reply is not None:
                 return tuple(attempts), reply
             self.tally.metrics.failover(name, attempt.outcome.split(":")[0])

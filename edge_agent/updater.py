@@ -301,7 +301,7 @@ class UpdateHost(Protocol):
 
     def switch(self, bundle: Bundle) -> None: ...
 
-    def request_counts(self) -> tuple[int, int, float, float]: ...
+    def request_counts(self) -> tuple[int, int, int, float, float]: ...
 
 
 class Updater:
@@ -362,14 +362,14 @@ class Updater:
         if not links:
             return False
         cur = self.host.current_bundle()
-        requests, errors, p50, p99 = self.host.request_counts()
+        requests, cloud, errors, p50, p99 = self.host.request_counts()
         try:
             d: Directive = _call(links[0], Report(
                 request_id=uuid.uuid4().hex, agent_id=self.agent_id, model=cur.name,
                 version=cur.version, digest=cur.digest,
                 deadline=Deadline.after_ms(_CALL_TIMEOUT_S * 1e3),
                 staged=self.downloader.progress.version, previous=self.previous,
-                labels=list(self.cfg.labels), requests=requests, errors=errors,
+                labels=list(self.cfg.labels), requests=requests, cloud=cloud, errors=errors,
                 p50_ms=p50, p99_ms=p99, update_error=self.error))
         except UpdateFailed as e:
             log.debug("report not answered: %s", e)

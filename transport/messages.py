@@ -167,9 +167,11 @@ class Chunk:
 class Report:
     """Agent -> core: what the agent runs and how its requests went.
 
-    Counters are cumulative since the agent started (a lost report loses nothing); the
-    percentiles are of the agent's recent window. ``staged``/``previous`` are versions on
-    the device's disk; ``update_error`` says why the last update attempt failed.
+    Counters are cumulative since the agent started (a lost report loses nothing):
+    ``requests`` finished, ``cloud`` attempts the cloud answered, ``errors`` among them
+    answered with an error status; the percentiles are of the agent's recent window.
+    ``staged`` is the version being fetched, ``previous`` the one run before;
+    ``update_error`` says why the last update attempt failed.
     """
 
     request_id: str
@@ -182,6 +184,7 @@ class Report:
     previous: str = ""
     labels: list[str] = field(default_factory=list)
     requests: int = 0
+    cloud: int = 0
     errors: int = 0
     p50_ms: float = 0.0
     p99_ms: float = 0.0

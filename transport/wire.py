@@ -179,7 +179,8 @@ def _encode_control(msg: Message) -> list[bytes | memoryview] | None:
             "id": msg.request_id, "agent": msg.agent_id, "model": msg.model,
             "version": msg.version, "digest": msg.digest, "staged": msg.staged,
             "previous": msg.previous, "labels": [str(x) for x in msg.labels],
-            "requests": int(msg.requests), "errors": int(msg.errors),
+            "requests": int(msg.requests), "cloud": int(msg.cloud),
+            "errors": int(msg.errors),
             "p50_ms": float(msg.p50_ms), "p99_ms": float(msg.p99_ms),
             "update_error": msg.update_error, "budget_ms": _budget_ms(msg.deadline)})]
     if isinstance(msg, Directive):
@@ -381,7 +382,8 @@ def _decode_control(kind: int, h: dict[str, Any], frames: Sequence[Any],
                       digest=_str(h, "digest", ""), staged=_str(h, "staged", ""),
                       previous=_str(h, "previous", ""),
                       labels=[_str({"l": x}, "l") for x in labels],
-                      requests=_int(h, "requests", 0), errors=_int(h, "errors", 0),
+                      requests=_int(h, "requests", 0), cloud=_int(h, "cloud", 0),
+                      errors=_int(h, "errors", 0),
                       p50_ms=_num(h, "p50_ms", 0.0), p99_ms=_num(h, "p99_ms", 0.0),
                       update_error=_str(h, "update_error", ""),
                       deadline=Deadline.after_ms(_num(h, "budget_ms")))
