@@ -121,14 +121,20 @@ class CloudCore:
                 STATES[plan.state]))
         for plan in self.rollout.plans.values():
             m.rollout_state.labels(model=plan.model).set(STATES[plan.state])
-        self._control_pool = ThreadPoolExecutor(max_workers=2,
+        self._control_pool = ThreadPoolExecutor(max_workers=2, initializer=_lower_priority,
                                                 thread_name_prefix="cloud-control")
+        self._loader = ThreadPoolExecutor(max_workers=1, initializer=_lower_priority,
+                                          thread_name_prefix="cloud-rollout-load")
 
     def _rollout_digest(self, name: str, version: str) -> str:
         from cloud_core.errors import RolloutError
 
-        try:
-            return self.load_model(name, version)["digest"]
+        lv = next((x for x in self.repository.all_loaded()
+                   if (x.name, x.version) == (name, version)), None)
+        if lv is not None:
+            return lv.digest
+        try:  # verify and warm up at a lower CPU priority: requests keep the CPU
+            return self._loader.submit(self.load_model, name, version).result()["digest"]
         except CloudError as e:
             raise RolloutError(f"cannot roll out {name}:{version}: {e}") from e
 
@@ -216,6 +222,7 @@ class CloudCore:
         log.info("draining (grace %.1f s)", grace)
         self.batcher.stop(grace)
         self._control_pool.shutdown(wait=False, cancel_futures=True)
+        self._loader.shutdown(wait=False, cancel_futures=True)
         for link in reversed(self._links):
             try:
                 link.stop()
@@ -448,6 +455,16 @@ class CloudCore:
             if reload is not None:
                 out[kind] = out.get(kind, 0) + int(reload())
         return out
+
+
+def _lower_priority() -> None:
+    """Run this (pool) thread at nice +10: bundle loads for rollouts and chunk reads
+    yield the CPU to the batcher's inference work (Linux threads are tasks)."""
+    import contextlib
+    import os
+
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def _send_any(send: Any, msg: Any) -> None:

@@ -19,6 +19,7 @@ needs no download.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 _CALL_TIMEOUT_S = 10.0
 _MAX_RETRY_S = 30.0
 _DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_NICE = 10
 
 
 class TokenBucket:
@@ -350,6 +352,10 @@ class Updater:
                 "switches": self.switches}
 
     def _loop(self) -> None:
+        # Hashing, session building and warm-up run on this thread: at a lower CPU
+        # priority (Linux threads are tasks), so they yield to requests.
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _NICE)
         while not self._stop.wait(self.cfg.report_interval_s):
             try:
                 self.step()
