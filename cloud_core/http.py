@@ -25,7 +25,8 @@ Routes::
             GET  /v1/rollouts[/{name}]                      plans and per-version stats
             POST /v1/rollouts/{name}/versions/{version}     start (?canary=10%&labels=a,b
                                                             &stable=&max_error_rate=
-                                                            &max_p99_ratio=&min_requests=)
+                                                            &max_p99_ratio=&min_requests=
+                                                            &min_answers=&max_parallel=)
             POST /v1/rollouts/{name}/{promote|pause|resume|rollback}
 """
 
@@ -162,8 +163,13 @@ def _rollout_routes(core: CloudCore, admin: Any) -> list[Route]:
     def start(r: Request, name: str, version: str) -> Any:
         q = r.query_params
         labels = [x.strip() for x in q.get("labels", "").split(",") if x.strip()]
+        try:
+            parallel = int(q.get("max_parallel", 0))
+        except ValueError:
+            raise RolloutError("max_parallel must be an integer") from None
         return core.rollout_start(name, version, canary=q.get("canary", ""), labels=labels,
-                                  thresholds=_thresholds(q), stable=q.get("stable") or None)
+                                  thresholds=_thresholds(q), stable=q.get("stable") or None,
+                                  max_parallel=parallel)
 
     def move(action: str) -> Any:
         return lambda r, name: getattr(ro, action)(name).to_json()

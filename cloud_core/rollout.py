@@ -81,6 +81,7 @@ class Plan:
     state: str = "canary"
     thresholds: Thresholds = field(default_factory=Thresholds)
     reason: str = ""
+    max_parallel: int = 0  # agents switching to the target at once (0: no limit)
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def note(self, what: str) -> None:
@@ -255,6 +256,7 @@ class RolloutManager:
         self._digest_of, self._loaded, self._active = digest_of, loaded_digest, active
         self._on_change = on_change
         self._lock = threading.RLock()
+        self._moving: dict[str, dict[str, float]] = {}  # model -> agent -> told at
         self.plans = store.load()
         for plan in self.plans.values():
             log.info("resumed rollout of %s: %s -> %s (%s)", plan.model, plan.stable,
@@ -262,8 +264,12 @@ class RolloutManager:
 
     # -- transitions -----------------------------------------------------------------
     def start(self, model: str, version: str, canary: str = "", labels: list[str] | None = None,
-              thresholds: Thresholds | None = None, stable: str | None = None) -> Plan:
-        """A new plan in state ``canary`` (``promoted`` when the canary is 100%)."""
+              thresholds: Thresholds | None = None, stable: str | None = None,
+              max_parallel: int = 0) -> Plan:
+        """A new plan in state ``canary`` (``promoted`` when the canary is 100%);
+        ``max_parallel`` agents at most switch to the target at a time (0: all at once)."""
+        if max_parallel < 0:
+            raise RolloutError(f"max_parallel must be >= 0, got {max_parallel}")
         share, count = parse_canary(canary)
         labels = [x for x in (labels or []) if x]
         with self._lock:
@@ -280,7 +286,7 @@ class RolloutManager:
             plan = Plan(model=model, stable=stable, stable_digest=self._digest_of(model, stable),
                         target=version, target_digest=self._digest_of(model, version),
                         canary=canary.strip(), labels=labels,
-                        thresholds=thresholds or Thresholds())
+                        thresholds=thresholds or Thresholds(), max_parallel=max_parallel)
             if share is not None and share >= 1.0:
                 plan.state = "promoted"
             if share is None and count is None and not labels:
@@ -370,9 +376,30 @@ class RolloutManager:
                 return None
             go = plan.state == "promoted" or (
                 plan.state == "canary" and self.in_canary(plan, r.agent_id, r.labels))
+            if go and r.version != plan.target and not self._may_move(plan, r):
+                return None  # enough agents are switching now: keep what you run
             version, digest = ((plan.target, plan.target_digest) if go
                                else (plan.stable, plan.stable_digest))
             return {"model": plan.model, "version": version, "digest": digest}
+
+    def _may_move(self, plan: Plan, r: Report) -> bool:
+        """Whether ``r``'s agent may start moving to the target now: at most
+        ``plan.max_parallel`` agents at a time (0: no limit) are told to move and not yet
+        there. An agent whose update failed frees its slot; rollbacks are never limited."""
+        if not plan.max_parallel:
+            return True
+        now = time.monotonic()
+        moving = self._moving.setdefault(plan.model, {})
+        seen = self.stats.agents(plan.model)
+        for agent in list(moving):
+            s = seen.get(agent)
+            if (s is None or s.version == plan.target or s.update_error
+                    or now - moving[agent] > self.stats.window_s):
+                del moving[agent]
+        if r.agent_id not in moving and len(moving) >= plan.max_parallel:
+            return False
+        moving.setdefault(r.agent_id, now)
+        return True
 
     def _no_plan_target(self, r: Report) -> dict[str, str] | None:
         """Without a plan an agent keeps its version while this core serves it; one whose

@@ -227,3 +227,20 @@ def test_token_bucket_caps_the_rate() -> None:
         bucket.take(20_000)
     # the first burst is free; the other 80 kB need 0.4 s at 200 kB/s
     assert time.monotonic() - t0 >= 0.39
+
+
+def test_max_parallel_moves_agents_a_few_at_a_time(tmp_path: Path) -> None:
+    ro = _manager(tmp_path)
+    agents = ["a0", "a1", "a2"]
+    for a in agents:
+        ro.on_report(_report(a, "1"))
+    ro.start(MODEL, "2", canary="100%", stable="1", max_parallel=1)
+    told = [a for a in agents if ro.on_report(_report(a, "1")) is not None]
+    assert len(told) == 1  # the others keep v1 for now
+    assert ro.on_report(_report(told[0], "1"))["version"] == "2"  # still its turn
+    ro.on_report(_report(told[0], "2", digest="d2"))  # it arrived: the slot frees
+    nxt = [a for a in agents if a != told[0] and ro.on_report(_report(a, "1")) is not None]
+    assert len(nxt) == 1
+    ro.rollback(MODEL)  # a rollback is never rationed
+    assert all(ro.on_report(_report(a, v))["version"] == "1"
+               for a, v in ((told[0], "2"), (nxt[0], "1"), ("a2", "1")))

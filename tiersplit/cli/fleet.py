@@ -78,11 +78,14 @@ def register(app: typer.Typer) -> None:
                                                       "exceeds this x the stable version's."),
         min_requests: int = typer.Option(20, help="Requests the canary serves before the "
                                                   "thresholds apply."),
+        max_parallel: int = typer.Option(0, help="Agents switching at once (0: no limit); "
+                                                 "rollbacks are never limited."),
         admin: str = _ADMIN, token_file: Path = _TOKEN,
     ) -> None:
         """Start rolling MODEL out to VERSION (the canary first)."""
         q = {"canary": canary, "labels": labels, "max_error_rate": max_error_rate,
-             "max_p99_ratio": max_p99_ratio, "min_requests": min_requests}
+             "max_p99_ratio": max_p99_ratio, "min_requests": min_requests,
+             "max_parallel": max_parallel}
         if stable:
             q["stable"] = stable
         with clean_errors(AdminError, OSError):
