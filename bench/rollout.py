@@ -5,9 +5,9 @@ Starts a real cloud core (``tiersplit cloud serve``, CurveZMQ, v1 loaded, v2 on 
 (``--rate-mbit``, ``--rtt-ms``) with model updates on (downloads capped at
 ``--max-rate`` bytes/s per agent). Closed-loop application threads keep every agent
 busy the whole time. After a warm-up the script measures a baseline, then rolls v2 out
-to every agent at once (``/v1/rollouts``, canary 100%) and waits until the whole fleet
-runs v2, keeps the load on v2 for a while, then rolls back and waits until every agent
-runs v1 again (kept on disk: no download).
+to every agent (``/v1/rollouts``, canary 100%, ``--max-parallel`` agents switching at a
+time) and waits until the whole fleet runs v2, keeps the load on v2 for a while, then
+rolls back and waits until every agent runs v1 again (kept on disk: no download).
 
 Reported in one table: time from ``rollout`` to the whole fleet on v2, time for the
 ``rollback``, bytes moved per agent, and the p99 of inference before the rollout vs
@@ -213,7 +213,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
             before = (t_end - args.before_s, t_end)
             bar.update(task, description="rollout")
             t_roll = time.monotonic()
-            call(f"/v1/rollouts/{MODEL}/versions/2?canary=100%25")
+            call(f"/v1/rollouts/{MODEL}/versions/2?canary=100%25"
+                 f"&max_parallel={args.max_parallel}")
             rollout_s = _wait(agents, "2", 300)
             during = (t_roll, time.monotonic())
             time.sleep(args.after_s)
@@ -244,7 +245,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
     versions = {v for t0, _, v in load.samples if t_back <= t0 < t_back + rollback_s}
     t = Table(title=f"rollout of {MODEL} v1 -> v2 -> v1: {args.agents} agents, "
                     f"{args.rate_mbit:g} Mbit/s {args.rtt_ms:g} ms links, downloads capped "
-                    f"at {args.max_rate / 1e6:g} MB/s")
+                    f"at {args.max_rate / 1e6:g} MB/s, max {args.max_parallel or 'all'} "
+                    "switching at once")
     t.add_column("measure")
     t.add_column("value", justify="right")
     t.add_row("rollout -> whole fleet on v2", f"{rollout_s:.2f} s")
@@ -277,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rtt-ms", type=float, default=10.0)
     ap.add_argument("--max-rate", type=float, default=1e6,
                     help="download cap per agent, bytes/s (update.max_rate_bytes_per_s)")
+    ap.add_argument("--max-parallel", type=int, default=1,
+                    help="agents switching at once (the plan's max_parallel; 0: all)")
     ap.add_argument("--warmup-s", type=float, default=10.0)
     ap.add_argument("--before-s", type=float, default=20.0)
     ap.add_argument("--after-s", type=float, default=5.0)
