@@ -126,6 +126,18 @@ class CloudCore:
         self._loader = ThreadPoolExecutor(max_workers=1, initializer=_lower_priority,
                                           thread_name_prefix="cloud-rollout-load")
 
+    def _load_plan_versions(self) -> None:
+        """Load the versions the persisted plans still send agents to (a restarted core
+        must serve both the stable and the target version, whatever its config lists)."""
+        for plan in list(self.rollout.plans.values()):
+            wanted = [plan.stable] + ([plan.target] if plan.state != "rolled_back" else [])
+            for version in wanted:
+                try:
+                    self.repository.load(plan.model, version)
+                except CloudError as e:
+                    log.error("rollout of %s needs %s, which cannot be loaded: %s",
+                              plan.model, version, e)
+
     def _rollout_digest(self, name: str, version: str) -> str:
         from cloud_core.errors import RolloutError
 
@@ -159,6 +171,7 @@ class CloudCore:
                     self.repository.load(ref.name, v)
                 if ref.pin:
                     self.repository.pin(ref.name, ref.pin)
+            self._load_plan_versions()
             self.metrics.models_loaded.set(len(self.repository.all_loaded()))
             if not self._given_links:
                 from transport import make_server_link

@@ -412,6 +412,6 @@ class Updater:
         self.error = f"{e.reason}: {e}"[:300]
         if self._metrics is not None:
             self._metrics.update_failures.labels(e.reason).inc()
-        log.warning("update to %s:%s failed (%s); still serving %s; retry in %.0f s",
+        log.warning("update to %s:%s failed (%s); still serving %s; retry in %.1f s",
                     t["model"], t["version"], self.error,
                     self.host.current_bundle().version, wait)

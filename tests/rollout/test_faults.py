@@ -81,9 +81,12 @@ def test_core_killed_mid_download_resumes_after_restart(tmp_path, repo, samples,
     assert m.total("tiersplit_edge_update_bytes_total") == _edge_bytes(root / MODEL / "2")
     assert got < _edge_bytes(root / MODEL / "2")
     assert _failures(agent, "transport") >= 1
-    # the plan survived the restart
+    # the plan survived the restart, and the restarted core serves its target version
     plan = core2.admin_call("GET", f"/v1/rollouts/{MODEL}").json()[MODEL]["plan"]
     assert plan["state"] == "promoted" and plan["target"] == "2"
+    assert any(r.version == "2" and r.path == "remote" for r in ledger.results.values())
+    assert core2.metrics().total("tiersplit_cloud_rejected_total",
+                                 reason="version_mismatch") == 0
 
 
 def test_corrupted_file_refused_never_installed_then_retried(tmp_path, repo, samples, fleet,
