@@ -144,9 +144,18 @@ class PlanStore:
                 log.error("rollout plan of %s in %s unreadable: %s", model, self.path, e)
         return plans
 
+    def stamp(self) -> int | None:
+        """The file's modification time (ns), None when it does not exist yet."""
+        try:
+            return self.path.stat().st_mtime_ns
+        except OSError:
+            return None
+
     def save(self, plans: dict[str, Plan]) -> None:
         data = json.dumps({"plans": {m: p.to_json() for m, p in plans.items()}}, indent=1)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        # unique per writer: cores sharing the file never write the same temp file
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}"
+                                  ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w") as f:
             f.write(data)
@@ -245,18 +254,26 @@ class RolloutManager:
         loaded_digest: ``digest -> (model, version)`` of a version loaded here, or None.
         active: ``model -> version`` the core's repository calls active, or None.
         on_change: called after every state change (metrics).
+        on_loaded: called with the plans read from the file when another core sharing it
+            changed them (this core then loads their versions).
+        refresh_s: how often (at most) the file is checked for such changes.
     """
 
     def __init__(self, store: PlanStore, stats: FleetStats,
                  digest_of: Callable[[str, str], str],
                  loaded_digest: Callable[[str], tuple[str, str] | None],
                  active: Callable[[str], str | None],
-                 on_change: Callable[[Plan], None] | None = None) -> None:
+                 on_change: Callable[[Plan], None] | None = None,
+                 on_loaded: Callable[[dict[str, Plan]], None] | None = None,
+                 refresh_s: float = 1.0) -> None:
         self.store, self.stats = store, stats
         self._digest_of, self._loaded, self._active = digest_of, loaded_digest, active
-        self._on_change = on_change
+        self._on_change, self._on_loaded = on_change, on_loaded
+        self._refresh_s = refresh_s
+        self._checked = time.monotonic()
         self._lock = threading.RLock()
         self._moving: dict[str, dict[str, float]] = {}  # model -> agent -> told at
+        self._stamp = store.stamp()
         self.plans = store.load()
         for plan in self.plans.values():
             log.info("resumed rollout of %s: %s -> %s (%s)", plan.model, plan.stable,
@@ -272,6 +289,7 @@ class RolloutManager:
             raise RolloutError(f"max_parallel must be >= 0, got {max_parallel}")
         share, count = parse_canary(canary)
         labels = [x for x in (labels or []) if x]
+        self.refresh(force=True)
         with self._lock:
             current = self.plans.get(model)
             if current is not None and current.state in ("canary", "paused"):
@@ -309,6 +327,7 @@ class RolloutManager:
         return self._move(model, "rolled_back", ("canary", "promoted", "paused"), reason)
 
     def _move(self, model: str, state: str, allowed: tuple[str, ...], what: str) -> Plan:
+        self.refresh(force=True)
         with self._lock:
             plan = self._plan(model)
             if plan.state not in allowed:
@@ -331,8 +350,31 @@ class RolloutManager:
     def _commit(self, plan: Plan) -> None:
         self.plans[plan.model] = plan
         self.store.save(self.plans)
+        self._stamp = self.store.stamp()
         if self._on_change is not None:
             self._on_change(plan)
+
+    def refresh(self, force: bool = False) -> bool:
+        """Re-read the plans if another core sharing the file changed them (checked at
+        most every ``refresh_s``); True when they were re-read."""
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._checked < self._refresh_s:
+                return False
+            self._checked = now
+            stamp = self.store.stamp()
+            if stamp == self._stamp or stamp is None:
+                return False
+            self._stamp = stamp
+            self.plans = self.store.load()
+            plans = dict(self.plans)
+        log.info("rollout plans changed on disk: %s", {m: p.state for m, p in plans.items()})
+        for plan in plans.values():
+            if self._on_change is not None:
+                self._on_change(plan)
+        if self._on_loaded is not None:
+            self._on_loaded(plans)
+        return True
 
     def _fleet_version(self, model: str, target: str, current: Plan | None) -> str | None:
         """The version most reporting agents run (else the last plan's outcome, else the
@@ -366,6 +408,7 @@ class RolloutManager:
         """Record a report, check the plan's thresholds, and say what the agent should
         run (None: keep what it runs)."""
         self.stats.record(r)
+        self.refresh()
         with self._lock:
             plan = self.plans.get(r.model)
             if plan is not None and plan.state == "canary":
@@ -436,6 +479,7 @@ class RolloutManager:
 
     # -- reporting -------------------------------------------------------------------
     def status(self, model: str | None = None) -> dict[str, Any]:
+        self.refresh(force=True)
         with self._lock:
             models = [model] if model is not None else sorted(self.plans)
             out: dict[str, Any] = {}

@@ -118,7 +118,8 @@ class CloudCore:
             digest_of=self._rollout_digest, loaded_digest=self._loaded_digest,
             active=lambda name: (lv.version if (lv := self.repository.active(name)) else None),
             on_change=lambda plan: m.rollout_state.labels(model=plan.model).set(
-                STATES[plan.state]))
+                STATES[plan.state]),
+            on_loaded=lambda plans: self._loader.submit(self._load_plan_versions))
         for plan in self.rollout.plans.values():
             m.rollout_state.labels(model=plan.model).set(STATES[plan.state])
         self._control_pool = ThreadPoolExecutor(max_workers=2, initializer=_lower_priority,

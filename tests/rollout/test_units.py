@@ -88,7 +88,8 @@ def test_bad_directive_and_report_are_wire_errors() -> None:
 
 # ----------------------------------------------------------------------------- plans
 
-def _manager(tmp_path: Path, loaded: dict[str, str] | None = None) -> RolloutManager:
+def _manager(tmp_path: Path, loaded: dict[str, str] | None = None,
+             on_loaded=None) -> RolloutManager:
     digests = {"1": "d1", "2": "d2"}
     loaded = loaded if loaded is not None else {"d1": "1", "d2": "2"}
 
@@ -99,7 +100,7 @@ def _manager(tmp_path: Path, loaded: dict[str, str] | None = None) -> RolloutMan
 
     return RolloutManager(PlanStore(tmp_path / "plans.json"), FleetStats(60.0), digest_of,
                           lambda d: (MODEL, loaded[d]) if d in loaded else None,
-                          lambda m: "2")
+                          lambda m: "2", on_loaded=on_loaded)
 
 
 def test_canary_share_is_a_stable_hash_of_the_agent_id() -> None:
@@ -244,3 +245,16 @@ def test_max_parallel_moves_agents_a_few_at_a_time(tmp_path: Path) -> None:
     ro.rollback(MODEL)  # a rollback is never rationed
     assert all(ro.on_report(_report(a, v))["version"] == "1"
                for a, v in ((told[0], "2"), (nxt[0], "1"), ("a2", "1")))
+
+
+def test_cores_sharing_the_plan_file_follow_each_other(tmp_path: Path) -> None:
+    seen: list[dict] = []
+    one = _manager(tmp_path)
+    two = _manager(tmp_path, on_loaded=seen.append)  # the core loads their versions
+    assert two.on_report(_report("a0", "1")) is None  # no plan yet
+    one.start(MODEL, "2", canary="100%", stable="1")  # through the first core's admin API
+    assert two.refresh(force=True)
+    assert seen and seen[-1][MODEL].target == "2"
+    assert two.on_report(_report("a0", "1"))["version"] == "2"
+    two.rollback(MODEL)  # the second core's operator rolls back
+    assert one.status(MODEL)[MODEL]["plan"]["state"] == "rolled_back"
