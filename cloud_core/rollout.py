@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 #: plan states, with the number ``tiersplit_cloud_rollout_state`` reports for each
 STATES = {"none": 0, "canary": 1, "promoted": 2, "paused": 3, "rolled_back": 4}
 _EVENTS_KEPT = 50
+_P99_SAMPLES = 100
 
 
 def agent_fraction(agent_id: str) -> float:
@@ -58,7 +59,8 @@ def agent_fraction(agent_id: str) -> float:
 class Thresholds:
     """When a canary is rolled back automatically: the target's error rate (error answers
     per cloud answer, judged once it has ``min_answers``) above ``max_error_rate``, or its
-    p99 above ``max_p99_ratio`` x the stable version's; either once the target has served
+    p99 above ``max_p99_ratio`` x the stable version's (judged once both versions served
+    at least 100 requests in the window); either once the target has served
     ``min_requests`` in the window."""
 
     max_error_rate: float = 0.05
@@ -470,8 +472,9 @@ class RolloutManager:
             why = (f"error rate {t['error_rate']:.1%} of {plan.target} above "
                    f"{th.max_error_rate:.1%}")
         s = stats.get(plan.stable)
-        if not why and s is not None and s["requests"] >= th.min_requests and s["p99_ms"] > 0 \
-                and t["p99_ms"] > th.max_p99_ratio * s["p99_ms"]:
+        enough = max(th.min_requests, _P99_SAMPLES)  # a p99 of fewer is only their maximum
+        if not why and s is not None and min(s["requests"], t["requests"]) >= enough \
+                and s["p99_ms"] > 0 and t["p99_ms"] > th.max_p99_ratio * s["p99_ms"]:
             why = (f"p99 {t['p99_ms']:.1f} ms of {plan.target} above {th.max_p99_ratio}x "
                    f"{plan.stable}'s {s['p99_ms']:.1f} ms")
         if why:

@@ -186,7 +186,8 @@ def test_canary_answering_errors_is_rolled_back_automatically(tmp_path, repo, sa
                                       [MODEL]["agents"]) == 2, 30)
         _rollout(core, canary="1", max_error_rate="0.05", min_requests="10")
         assert wait_until(lambda: core.admin_call("GET", f"/v1/rollouts/{MODEL}").json()
-                          [MODEL]["plan"]["state"] == "rolled_back", 90)
+                          [MODEL]["plan"]["state"] == "rolled_back", 90), \
+            core.admin_call("GET", f"/v1/rollouts/{MODEL}").json()
         wait_versions(agents, ["1", "1"])
         assert load.wait_for(len(ledger) + 20)
     finally:

@@ -36,7 +36,9 @@ def test_canary_promote_rollback_under_load(tmp_path, repo, samples, fleet, clou
         assert wait_until(lambda: len(_status(core)["agents"]) == 4, 30), _status(core)
         canary = min((a.config.agent_id for a in agents), key=agent_fraction)
 
-        r = fleet_cli(core, "rollout", MODEL, "2", "--canary", "1")
+        # thresholds far from this shared machine's noise: the automatic rollback has its
+        # own test; here the canary must stay until promoted
+        r = fleet_cli(core, "rollout", MODEL, "2", "--canary", "1", "--max-p99-ratio", "5")
         assert r.returncode == 0, r.stderr
         want = ["2" if a.config.agent_id == canary else "1" for a in agents]
         wait_versions(agents, want)
@@ -46,7 +48,7 @@ def test_canary_promote_rollback_under_load(tmp_path, repo, samples, fleet, clou
         st = fleet_cli(core, "status", MODEL, "--json")
         assert st.returncode == 0, st.stderr
         body = json.loads(st.stdout)[MODEL]
-        assert body["plan"]["state"] == "canary"
+        assert body["plan"]["state"] == "canary", body["plan"]
         assert wait_until(lambda: _status(core)["versions"].get("2", {}).get("agents")
                           == [canary], 30), _status(core)
 

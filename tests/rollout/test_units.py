@@ -184,13 +184,15 @@ def test_slow_canary_rolls_back_by_its_p99(tmp_path: Path) -> None:
     slow = min(["a0", "a1"], key=agent_fraction)
     fast = "a1" if slow == "a0" else "a0"
     ro.on_report(_report(fast, "1", 0, p99=10.0))
-    ro.on_report(_report(fast, "1", 50, 50, p99=10.0))
+    ro.on_report(_report(fast, "1", 150, 150, p99=10.0))
     ro.on_report(_report(slow, "2", 0, p99=50.0))
     ro.on_report(_report(slow, "2", 50, 50, p99=50.0))
+    assert ro.plans[MODEL].state == "canary"  # a p99 of 50 requests is their maximum
+    ro.on_report(_report(slow, "2", 150, 150, p99=50.0))
     assert ro.plans[MODEL].state == "rolled_back"
     assert "p99" in ro.plans[MODEL].reason
     st = ro.status(MODEL)[MODEL]["versions"]
-    assert st["1"]["requests"] == 50 and st["2"]["p99_ms"] == 50.0
+    assert st["1"]["requests"] == 150 and st["2"]["p99_ms"] == 50.0
 
 
 # ----------------------------------------------------------------------------- serving
