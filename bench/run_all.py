@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-SUITES = ["partition", "transport", "cloud", "edge", "placement", "adapt", "soak"]
+SUITES = ["partition", "transport", "cloud", "edge", "placement", "adapt", "soak", "rollout"]
 #: Each suite's short form: fewer repetitions, and a subset of its matrix where the full
 #: one (models x links x edge speeds) would not fit the 5-minute budget.
 QUICK_ARGS: dict[str, list[str]] = {
@@ -36,6 +36,7 @@ QUICK_ARGS: dict[str, list[str]] = {
                   "--image-size", "128", "--links", "3g,wifi"],
     "adapt": ["--quick"],
     "soak": ["--minutes", "0.5", "--warmup-s", "10"],
+    "rollout": ["--quick"],
 }
 HERE = Path(__file__).resolve().parent
 

@@ -34,6 +34,7 @@ __all__ = [
     "HttpConfig",
     "LimitsConfig",
     "ModelRef",
+    "RolloutConfig",
     "load_config",
     "parse_config",
 ]
@@ -164,6 +165,23 @@ class DebugConfig(StrictModel):
     tail_delay_ms: float = Field(0.0, ge=0)
 
 
+class RolloutConfig(StrictModel):
+    """Fleet rollouts (``tiersplit fleet``): where plans persist and how agents report.
+
+    Attributes:
+        state_file: the plans, as JSON (default ``<repository>/.rollouts.json``, next to
+            the bundles: a restarted core resumes its plans).
+        window_s: the window per-version request rates, error rates and percentiles are
+            computed over (agents report every second or so).
+        serve_bundles: answer agents' downloads of edge files (heads, device tails, int8
+            full model, manifest, signature) on their authenticated links.
+    """
+
+    state_file: ConfigPath | None = None
+    window_s: float = Field(30.0, gt=0)
+    serve_bundles: bool = True
+
+
 class CloudConfig(StrictModel):
     """The whole ``cloud.yaml``. See ``configs/cloud.yaml`` for a documented example."""
 
@@ -183,6 +201,7 @@ class CloudConfig(StrictModel):
     #: OpenTelemetry spans (queue, batch, backend) continuing the agents' traces; off by
     #: default (see ``contract.tracing.TracingConfig``).
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
 
     @model_validator(mode="before")
     @classmethod

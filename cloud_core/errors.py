@@ -22,6 +22,7 @@ __all__ = [
     "ModelNotFound",
     "Overloaded",
     "RepositoryError",
+    "RolloutError",
     "Unavailable",
     "VersionMismatch",
     "status_for",
@@ -90,6 +91,13 @@ class RepositoryError(CloudError):
     """A bundle cannot be loaded, unloaded, pinned or rolled back as asked (admin API 4xx)."""
 
     reason = "repository"
+
+
+class RolloutError(CloudError):
+    """A rollout plan operation that cannot apply (unknown model or version, a plan
+    already running, a transition the plan's state does not allow). Admin API: 409."""
+
+    reason = "rollout"
 
 
 class ConfigError(CloudError, _ContractConfigError):

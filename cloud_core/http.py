@@ -22,6 +22,12 @@ Routes::
             POST /v1/models/{name}/unpin
             POST /v1/models/{name}/rollback
             POST /v1/keys/reload                            re-read the links' agent allow-lists
+            GET  /v1/rollouts[/{name}]                      plans and per-version stats
+            POST /v1/rollouts/{name}/versions/{version}     start (?canary=10%&labels=a,b
+                                                            &stable=&max_error_rate=
+                                                            &max_p99_ratio=&min_requests=
+                                                            &min_answers=&max_parallel=)
+            POST /v1/rollouts/{name}/{promote|pause|resume|rollback}
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cloud_core.admin import AuditLog, Authenticator
-from cloud_core.errors import CloudError, RepositoryError
+from cloud_core.errors import CloudError, RepositoryError, RolloutError
 
 if TYPE_CHECKING:
     from cloud_core.server import CloudCore
@@ -102,6 +108,8 @@ def make_admin_app(core: CloudCore, auth: Authenticator, audit: AuditLog) -> Sta
             except RepositoryError as e:
                 code = 404 if "not loaded" in str(e) or "no bundle" in str(e) else 409
                 resp = JSONResponse({"error": str(e)}, status_code=code)
+            except RolloutError as e:
+                resp = JSONResponse({"error": str(e)}, status_code=409)
             except CloudError as e:
                 resp = JSONResponse({"error": str(e)}, status_code=400)
             result = "ok" if resp.status_code < 400 else "error"
@@ -129,8 +137,52 @@ def make_admin_app(core: CloudCore, auth: Authenticator, audit: AuditLog) -> Sta
               endpoint=admin("rollback", lambda r, name: {"active": core.rollback_model(name)})),
         Route("/v1/keys/reload", methods=["POST"],
               endpoint=admin("keys_reload", lambda r: {"allowed": core.reload_keys()})),
+        *_rollout_routes(core, admin),
     ]
     return Starlette(routes=routes)
+
+
+def _thresholds(q: Any) -> Any:
+    from cloud_core.rollout import Thresholds
+
+    d = Thresholds()
+    try:
+        return Thresholds(
+            max_error_rate=float(q.get("max_error_rate", d.max_error_rate)),
+            max_p99_ratio=float(q.get("max_p99_ratio", d.max_p99_ratio)),
+            min_requests=int(q.get("min_requests", d.min_requests)),
+            min_answers=int(q.get("min_answers", d.min_answers)))
+    except ValueError as e:
+        raise RolloutError(f"bad threshold: {e}") from None
+
+
+def _rollout_routes(core: CloudCore, admin: Any) -> list[Route]:
+    """Admin routes of ``tiersplit fleet`` (rollout plans)."""
+    ro = core.rollout
+
+    def start(r: Request, name: str, version: str) -> Any:
+        q = r.query_params
+        labels = [x.strip() for x in q.get("labels", "").split(",") if x.strip()]
+        try:
+            parallel = int(q.get("max_parallel", 0))
+        except ValueError:
+            raise RolloutError("max_parallel must be an integer") from None
+        return core.rollout_start(name, version, canary=q.get("canary", ""), labels=labels,
+                                  thresholds=_thresholds(q), stable=q.get("stable") or None,
+                                  max_parallel=parallel)
+
+    def move(action: str) -> Any:
+        return lambda r, name: getattr(ro, action)(name).to_json()
+
+    routes = [Route("/v1/rollouts", admin("rollout_status", lambda r: ro.status())),
+              Route("/v1/rollouts/{name}", admin("rollout_status",
+                                                 lambda r, name: ro.status(name))),
+              Route("/v1/rollouts/{name}/versions/{version}", methods=["POST"],
+                    endpoint=admin("rollout", start))]
+    routes += [Route(f"/v1/rollouts/{{name}}/{a}", methods=["POST"],
+                     endpoint=admin(f"rollout_{a}", move(a)))
+               for a in ("promote", "pause", "resume", "rollback")]
+    return routes
 
 
 class _PeerCertH11(H11Protocol):

@@ -154,6 +154,16 @@ class CloudMetrics:
         self.build_info = Gauge("tiersplit_build_info", "Installed tiersplit version (always 1)",
                                 ["version", "component"], registry=r)
         self.build_info.labels(version=build_version(), component="cloud").set(1)
+        self.rollout_state = Gauge(
+            "tiersplit_cloud_rollout_state",
+            "Rollout plan state per model (0 none, 1 canary, 2 promoted, 3 paused, "
+            "4 rolled back)", ["model"], registry=r)
+        self.distribution_bytes = Counter(
+            "tiersplit_cloud_distribution_bytes_total",
+            "Bytes of edge bundle files served to agents", registry=r)
+        self.distribution_refused = Counter(
+            "tiersplit_cloud_distribution_refused_total",
+            "Bundle downloads refused, by reason", ["reason"], registry=r)
         self.agents = AgentTracker()
         r.register(self.agents)
         ProcessCollector(registry=r)

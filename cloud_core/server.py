@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,7 @@ from cloud_core.repository import LoadedVersion, Repository
 from cloud_core.validate import Target, Validated, check_request, resolve_target
 from contract.tracing import Span, tracer_for, wall_ns
 from transport.base import Responder, ServerLink
-from transport.messages import LoadReport, Reply, Request, Status
+from transport.messages import Directive, Fetch, LoadReport, Reply, Report, Request, Status
 
 __all__ = ["CloudCore"]
 
@@ -93,12 +94,70 @@ class CloudCore:
         self.repository = Repository(config.repository, key,
                                      allow_unsigned=config.allow_unsigned,
                                      backend_factory=make_backend_factory(config.backend))
+        self._init_rollout()
         b = config.batching
         self.batcher = Batcher(max_batch=b.max_batch, max_delay_s=b.max_queue_delay_ms / 1e3,
                                max_queue=b.max_queue, workers=config.executor_workers,
                                idle_gap_s=b.idle_gap_s, adaptive=b.adaptive_delay,
                                execute=self._execute, on_expired=self._expired,
                                on_failed=self._failed, on_depth=self._depth)
+
+    def _init_rollout(self) -> None:
+        """Model distribution and rollout plans: a small pool of their own, off the
+        inference batcher, so downloads never delay a request's compute."""
+        from cloud_core.distribution import Distributor
+        from cloud_core.rollout import STATES, FleetStats, PlanStore, RolloutManager
+
+        cfg = self.config.rollout
+        m = self.metrics
+        self.distributor = Distributor(
+            self.config.repository,
+            on_refused=lambda reason: m.distribution_refused.labels(reason=reason).inc(),
+            on_served=m.distribution_bytes.inc)
+        state_file = cfg.state_file or self.config.repository / ".rollouts.json"
+        self.rollout = RolloutManager(
+            PlanStore(state_file), FleetStats(cfg.window_s),
+            digest_of=self._rollout_digest, loaded_digest=self._loaded_digest,
+            active=lambda name: (lv.version if (lv := self.repository.active(name)) else None),
+            on_change=lambda plan: m.rollout_state.labels(model=plan.model).set(
+                STATES[plan.state]),
+            on_loaded=lambda plans: self._loader.submit(self._load_plan_versions))
+        for plan in self.rollout.plans.values():
+            m.rollout_state.labels(model=plan.model).set(STATES[plan.state])
+        self._control_pool = ThreadPoolExecutor(max_workers=2, initializer=_lower_priority,
+                                                thread_name_prefix="cloud-control")
+        self._loader = ThreadPoolExecutor(max_workers=1, initializer=_lower_priority,
+                                          thread_name_prefix="cloud-rollout-load")
+
+    def _load_plan_versions(self) -> None:
+        """Load the versions the persisted plans still send agents to (a restarted core
+        must serve both the stable and the target version, whatever its config lists)."""
+        for plan in list(self.rollout.plans.values()):
+            wanted = [plan.stable] + ([plan.target] if plan.state != "rolled_back" else [])
+            for version in wanted:
+                try:
+                    self.repository.load(plan.model, version)
+                except CloudError as e:
+                    log.error("rollout of %s needs %s, which cannot be loaded: %s",
+                              plan.model, version, e)
+
+    def _rollout_digest(self, name: str, version: str) -> str:
+        from cloud_core.errors import RolloutError
+
+        lv = next((x for x in self.repository.all_loaded()
+                   if (x.name, x.version) == (name, version)), None)
+        if lv is not None:
+            return lv.digest
+        try:  # verify and warm up at a lower CPU priority: requests keep the CPU
+            return self._loader.submit(self.load_model, name, version).result()["digest"]
+        except CloudError as e:
+            raise RolloutError(f"cannot roll out {name}:{version}: {e}") from e
+
+    def _loaded_digest(self, digest: str) -> tuple[str, str] | None:
+        for lv in self.repository.all_loaded():
+            if lv.digest == digest:
+                return lv.name, lv.version
+        return None
 
     # -- life cycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -115,6 +174,7 @@ class CloudCore:
                     self.repository.load(ref.name, v)
                 if ref.pin:
                     self.repository.pin(ref.name, ref.pin)
+            self._load_plan_versions()
             self.metrics.models_loaded.set(len(self.repository.all_loaded()))
             if not self._given_links:
                 from transport import make_server_link
@@ -177,6 +237,8 @@ class CloudCore:
         grace = self.config.grace_s if grace is None else grace
         log.info("draining (grace %.1f s)", grace)
         self.batcher.stop(grace)
+        self._control_pool.shutdown(wait=False, cancel_futures=True)
+        self._loader.shutdown(wait=False, cancel_futures=True)
         for link in reversed(self._links):
             try:
                 link.stop()
@@ -237,6 +299,35 @@ class CloudCore:
         except Exception as e:  # a bug must not kill the link's I/O thread
             log.exception("unexpected error validating request %s", request.request_id)
             self._refuse(request, responder, e, target)
+
+    def on_control(self, msg: Fetch | Report, send: Any) -> None:
+        """A download chunk or a rollout report from an authenticated agent (called on a
+        link's I/O thread: handed to the control pool)."""
+        try:
+            self._control_pool.submit(self._control, msg, send)
+        except RuntimeError:  # shutting down
+            send(Reply(request_id=msg.request_id, status=Status.UNAVAILABLE,
+                       error="cloud core is shutting down"))
+
+    def _control(self, msg: Fetch | Report, send: Any) -> None:
+        try:
+            if isinstance(msg, Fetch):
+                if not self.config.rollout.serve_bundles:
+                    from transport.messages import Chunk
+
+                    reply: Any = Chunk(request_id=msg.request_id, status=Status.UNAVAILABLE,
+                                       error="this core does not serve bundles")
+                else:
+                    reply = self.distributor.serve(msg)
+            else:
+                self.metrics.agent_seen(msg.agent_id, msg.model, msg.version)
+                reply = Directive(request_id=msg.request_id,
+                                  target=self.rollout.on_report(msg))
+        except Exception as e:
+            log.exception("control message %s failed", msg.request_id)
+            reply = Reply(request_id=msg.request_id, status=Status.INTERNAL,
+                          error=f"server error: {type(e).__name__}")
+        _send_any(send, reply)
 
     def on_reject(self, reason: str, agent_id: str | None) -> None:
         self.metrics.rejected.labels(reason=reason).inc()
@@ -382,6 +473,11 @@ class CloudCore:
         self._retire(old)
         return active
 
+    def rollout_start(self, name: str, version: str, **options: Any) -> dict[str, Any]:
+        """Start a rollout plan (loads the target version first: both tiers need it)."""
+        plan = self.rollout.start(name, version, **options)
+        return plan.to_json()
+
     def reload_admin_token(self) -> None:
         """Re-read ``admin.token_file`` (SIGHUP): the rotated token works, the old one no
         longer does. A no-op without a token file; on a read error the old token stays."""
@@ -396,6 +492,23 @@ class CloudCore:
             if reload is not None:
                 out[kind] = out.get(kind, 0) + int(reload())
         return out
+
+
+def _lower_priority() -> None:
+    """Run this (pool) thread at nice +10: bundle loads for rollouts and chunk reads
+    yield the CPU to the batcher's inference work (Linux threads are tasks)."""
+    import contextlib
+    import os
+
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+def _send_any(send: Any, msg: Any) -> None:
+    try:
+        send(msg)
+    except Exception as e:  # the link may be closing; the agent retries
+        log.warning("control answer %s not sent: %s", msg.request_id, e)
 
 
 def _deadline_error(entry: Entry, waited: float) -> CloudError:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from contract.bundle import Manifest
+from contract.bundle import Bundle, Manifest
 from contract.deadline import Deadline
 from contract.privacy import judge_cuts
 from contract.tracing import tracer_for
@@ -26,13 +26,14 @@ from edge_agent.client import EdgeClient
 from edge_agent.config import EdgeConfig, load_config
 from edge_agent.cuts import cut_infos_from_manifest
 from edge_agent.endpoints import EndpointInfo, resident
-from edge_agent.errors import AgentNotReady, ConfigError
+from edge_agent.errors import AgentNotReady, BundleRefused, ConfigError, UpdateFailed
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.policy import Policy
 from edge_agent.result import RequestHandle
 from edge_agent.runner import StatsSnapshot
 from edge_agent.runtime import EdgeRuntime, load_edge_bundle
 from edge_agent.systemd import apply_credentials, notify
+from edge_agent.updater import Updater
 from transport.base import ClientLink
 from transport.errors import TransportError
 from transport.keys import check_secret_permissions
@@ -95,6 +96,7 @@ class EdgeAgent:
         self.client: EdgeClient | None = None
         self.tracer = tracer_for(self.config.tracing, "tiersplit-edge")
         self._grpc: Any = None
+        self.updater: Updater | None = None
         self._server: Any = None
         self._server_thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
@@ -121,28 +123,20 @@ class EdgeAgent:
             token = _read_token(cfg)
             bundle = load_edge_bundle(cfg.bundle.path, cfg.bundle.public_key,
                                       cfg.bundle.allow_unsigned)
-            cuts = cut_infos_from_manifest(bundle.manifest)
-            endpoints = [EndpointInfo(e.name, e.region) for e in cfg.endpoints]
-            # the floor is judged on the signed manifest: its privacy audit states the risk
-            verdicts = judge_cuts(bundle.manifest, cfg.policy.privacy_floor, cfg.codec)
-            policy_cfg = cfg.policy
-            if policy_cfg.accuracy_floor is None:  # the floor the partitioner shipped
-                policy_cfg = policy_cfg.model_copy(update={
-                    "accuracy_floor": bundle.manifest.quantization.accuracy_floor})
-            try:
-                self.policy = Policy(cuts, endpoints, policy_cfg, cfg.codec,
-                                     allowed_regions=cfg.allowed_regions,
-                                     prior=_load_prior(cfg, bundle.name), privacy=verdicts)
-            except ValueError as e:
-                raise ConfigError(str(e)) from e
-            self.runtime = EdgeRuntime(bundle, intra_op_threads=cfg.runtime.intra_op_threads,
-                                       inter_op_threads=cfg.runtime.inter_op_threads,
-                                       on_timing=self.policy.estimates.observe_head,
-                                       emulate_gmacs=cfg.runtime.emulate_gmacs)
-            self.runtime.measure(cfg.runtime.warmup_runs, cfg.runtime.measure_runs)
+            self.policy = self._make_policy(bundle)
+            self.runtime = self._make_runtime(bundle, self.policy)
             links = self._connect()
             self.client = EdgeClient(self.runtime, self.policy, links, cfg, self.metrics)
             self.client.start()
+            if cfg.update.state_dir is not None:
+                key = None
+                if cfg.bundle.public_key is not None:
+                    from transport.keys import load_ed25519_public
+
+                    key = load_ed25519_public(cfg.bundle.public_key)
+                self.updater = Updater(self, cfg.update, key, cfg.agent_id, bundle,
+                                       self.metrics)
+                self.updater.start()
             if self.serve_http:
                 self._start_http(token, timeout)
         except BaseException:
@@ -158,6 +152,77 @@ class EdgeAgent:
         log.info("edge agent %s serving %s v%s (digest %s…) on %s", cfg.agent_id,
                  bundle.name, bundle.version, bundle.digest[:12], self.http_url or "no HTTP")
         return self
+
+    def _make_policy(self, bundle: Bundle) -> Policy:
+        cfg = self.config
+        cuts = cut_infos_from_manifest(bundle.manifest)
+        endpoints = [EndpointInfo(e.name, e.region) for e in cfg.endpoints]
+        # the floor is judged on the signed manifest: its privacy audit states the risk
+        verdicts = judge_cuts(bundle.manifest, cfg.policy.privacy_floor, cfg.codec)
+        policy_cfg = cfg.policy
+        if policy_cfg.accuracy_floor is None:  # the floor the partitioner shipped
+            policy_cfg = policy_cfg.model_copy(update={
+                "accuracy_floor": bundle.manifest.quantization.accuracy_floor})
+        try:
+            return Policy(cuts, endpoints, policy_cfg, cfg.codec,
+                          allowed_regions=cfg.allowed_regions,
+                          prior=_load_prior(cfg, bundle.name), privacy=verdicts)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+
+    def _make_runtime(self, bundle: Bundle, policy: Policy) -> EdgeRuntime:
+        """ORT sessions of ``bundle``, warmed and measured on this device."""
+        rt = self.config.runtime
+        runtime = EdgeRuntime(bundle, intra_op_threads=rt.intra_op_threads,
+                              inter_op_threads=rt.inter_op_threads,
+                              on_timing=policy.estimates.observe_head,
+                              emulate_gmacs=rt.emulate_gmacs)
+        runtime.measure(rt.warmup_runs, rt.measure_runs)
+        return runtime
+
+    # ---- what the updater needs (edge_agent.updater.UpdateHost) ----------------------
+
+    def links(self) -> list[ClientLink]:
+        return self.client.links() if self.client is not None else []
+
+    def current_bundle(self) -> Bundle:
+        if self.runtime is None:
+            raise AgentNotReady("the agent has not started")
+        return self.runtime.bundle
+
+    def request_counts(self) -> tuple[int, int, int, float, float]:
+        """What the agent reports to the cloud: (requests finished, cloud attempts the
+        cloud answered, of those with an error status, recent p50 ms, recent p99 ms);
+        counters since start, a request that failed outright counting as an answered
+        attempt in error."""
+        if self.client is None:
+            return 0, 0, 0, 0.0, 0.0
+        c = self.client.counts_by_path()
+        failed = c.get("error", 0)
+        done = sum(c.get(k, 0) for k in ("remote", "device", "fallback")) + failed
+        answered, errors = self.client.tally.replies()
+        p50, p99 = self.client.tally.percentiles()
+        return done, answered + failed, errors + failed, p50, p99
+
+    def switch(self, bundle: Bundle) -> None:
+        """Load ``bundle`` (verified), warm it, and serve new requests from it; requests
+        in flight finish on the version they started on.
+
+        Raises:
+            UpdateFailed: (``load``) ONNX Runtime refused the bundle; nothing changed.
+        """
+        if self.client is None or self.runtime is None or self.policy is None:
+            raise UpdateFailed("load", "the agent is not running")
+        old = self.runtime.manifest
+        same_cuts = ([(c.id, c.tensors) for c in old.cuts]
+                     == [(c.id, c.tensors) for c in bundle.manifest.cuts])
+        try:
+            policy = self.policy if same_cuts else self._make_policy(bundle)
+            runtime = self._make_runtime(bundle, policy)
+        except (BundleRefused, ConfigError) as e:
+            raise UpdateFailed("load", str(e)) from e
+        self.client.swap(runtime, policy)
+        self.runtime, self.policy = runtime, policy
 
     def _connect(self) -> dict[str, ClientLink]:
         from transport import make_client_link
@@ -242,6 +307,8 @@ class EdgeAgent:
         self._ready = False
         if self._grpc is not None:
             self._grpc.stop(grace)
+        if self.updater is not None:
+            self.updater.stop()
         if self._server is not None:
             self._server.should_exit = True
             if self._server_thread is not None:
@@ -338,6 +405,9 @@ class EdgeAgent:
                              "signed": b.signed, "path": str(b.path),
                              "cuts": b.manifest.cut_ids}
             out["model_name"] = self.model_name
+            out["update"] = (self.updater.status() if self.updater is not None
+                             else {"current": b.version, "staged": "", "previous": "",
+                                   "kept": [], "error": "", "switches": 0})
         eps: dict[str, Any] = {}
         live = self.client.endpoint_status() if self.client is not None else {}
         allowed = resident(cfg.endpoints, cfg.allowed_regions)

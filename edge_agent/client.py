@@ -61,16 +61,14 @@ class EdgeClient:
         }
         self.tally = Tally(metrics)
         self.runner = RequestRunner(runtime, policy, self._eps, cfg, self.tally)
-        self._prober = Prober(self._eps.values(), policy.estimates,
-                              interval_s=cfg.policy.probe_interval_s,
-                              timeout_s=max(1.0, min(5.0, cfg.deadlines.default_ms / 1e3)),
-                              padded=cfg.policy.probe_bytes > 0)
+        self._prober = self._make_prober(policy)
         self._limit = cfg.runtime.workers * _QUEUE_PER_WORKER
         self._pool = cf.ThreadPoolExecutor(max_workers=cfg.runtime.workers,
                                            thread_name_prefix="edge-request")
         self._capacity = threading.BoundedSemaphore(self._limit)
         self._stop = threading.Event()
         self._started = False
+        self._swap_lock = threading.Lock()
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -91,7 +89,8 @@ class EdgeClient:
         if not done.wait(drain_s):
             log.warning("requests still running after %.1fs of drain; closing links", drain_s)
             self._pool.shutdown(wait=False, cancel_futures=True)
-        self._prober.stop()
+        with self._swap_lock:
+            self._prober.stop()
         for ep in self._eps.values():
             try:
                 ep.link.close()
@@ -122,22 +121,53 @@ class EdgeClient:
         t0 = time.monotonic()
         if self._stop.is_set():
             raise Overloaded("the edge agent is stopping")
-        x = self.runtime.validate_inputs(inputs)
-        if cut is not None and cut not in self.policy.cuts:
+        runner = self.runner  # the request runs on this version even if a switch follows
+        x = runner.runtime.validate_inputs(inputs)
+        if cut is not None and cut not in runner.policy.cuts:
             raise InvalidInput(f"cut {cut!r} is not a cut of this bundle; expected one of "
-                               f"{sorted(self.policy.cuts)}")
+                               f"{sorted(runner.policy.cuts)}")
         if deadline is None:
             deadline = self._deadline(deadline_ms, t0)
         rid = request_id or uuid.uuid4().hex
         if not self._capacity.acquire(blocking=False):
             raise Overloaded(f"more than {self._limit} requests queued")
         try:
-            fut = self._pool.submit(self.runner.run, rid, x, deadline, t0, cut, traceparent)
+            fut = self._pool.submit(runner.run, rid, x, deadline, t0, cut, traceparent)
         except RuntimeError as e:  # pool shut down between the check and here
             self._capacity.release()
             raise Overloaded("the edge agent is stopping") from e
         fut.add_done_callback(lambda _f: self._capacity.release())
         return RequestHandle(rid, fut)
+
+    def swap(self, runtime: EdgeRuntime, policy: Policy) -> None:
+        """Serve from another bundle version's runtime, between requests.
+
+        Requests already submitted keep the runner (runtime, bundle digest) they were
+        submitted with, so each finishes on the version it started on and its tail digest
+        matches its head; new requests run on ``runtime``. The endpoints (links,
+        breakers) are shared; a new ``policy`` (the cuts changed) gets its own probes.
+        """
+        runner = RequestRunner(runtime, policy, self._eps, self.cfg, self.tally)
+        with self._swap_lock:
+            old_policy = self.policy
+            self.runtime, self.policy, self.runner = runtime, policy, runner
+            if policy is not old_policy and not self._stop.is_set():
+                self._prober.stop()
+                self._prober = self._make_prober(policy)
+                if self._started and self.cfg.policy.probe_interval_s > 0:
+                    self._prober.start()
+        self.tally.reset_window()
+
+    def _make_prober(self, policy: Policy) -> Prober:
+        return Prober(self._eps.values(), policy.estimates,
+                      interval_s=self.cfg.policy.probe_interval_s,
+                      timeout_s=max(1.0, min(5.0, self.cfg.deadlines.default_ms / 1e3)),
+                      padded=self.cfg.policy.probe_bytes > 0)
+
+    def links(self) -> list[ClientLink]:
+        """The endpoints' links, connected ones first (the updater's channels)."""
+        eps = sorted(self._eps.values(), key=lambda e: not e.link.connected)
+        return [e.link for e in eps]
 
     def _deadline(self, deadline_ms: float | None, now: float) -> Deadline:
         budget = deadline_ms if deadline_ms is not None else self.cfg.deadlines.default_ms

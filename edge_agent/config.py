@@ -33,6 +33,7 @@ __all__ = [
     "PolicyConfig",
     "RetryConfig",
     "RuntimeConfig",
+    "UpdateConfig",
     "load_config",
     "parse_config",
 ]
@@ -274,6 +275,33 @@ class RetryConfig(StrictModel):
     breaker_open_s: float = Field(5.0, gt=0)
 
 
+class UpdateConfig(StrictModel):
+    """Model updates pushed by the cloud's rollout plans (``tiersplit fleet``).
+
+    Attributes:
+        state_dir: where downloads are staged (``staging/``) and verified versions kept
+            (``versions/<model>/<version>/``). None (the default) turns updates off: the
+            agent runs ``bundle.path`` and never changes it.
+        keep: verified versions kept on disk (the one running included) for an instant
+            rollback without a download; older ones are deleted.
+        max_rate_bytes_per_s: download rate cap (a token bucket), so inference keeps the
+            link.
+        chunk_bytes: bytes asked for per chunk (one chunk in flight at a time).
+        report_interval_s: seconds between reports to the cloud (the answer is this
+            agent's target version).
+        retry_s: first wait after a failed update; doubles up to 30 s.
+        labels: labels a rollout plan may pick this agent by (``--labels``).
+    """
+
+    state_dir: ConfigPath | None = None
+    keep: int = Field(3, ge=1, le=100)
+    max_rate_bytes_per_s: float = Field(8e6, gt=0)
+    chunk_bytes: int = Field(128 * 1024, ge=1024, le=256 * 1024)
+    report_interval_s: float = Field(1.0, gt=0)
+    retry_s: float = Field(1.0, gt=0)
+    labels: list[str] = Field(default_factory=list)
+
+
 class EdgeConfig(StrictModel):
     """The whole ``edge.yaml``.
 
@@ -292,6 +320,7 @@ class EdgeConfig(StrictModel):
             tune``; used until the agent's own measurements are warm. Missing = none.
         tracing: OpenTelemetry spans per request (off by default; see
             ``contract.tracing.TracingConfig``).
+        update: model updates from the cloud's rollout plans (off unless ``state_dir``).
     """
 
     agent_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -306,6 +335,7 @@ class EdgeConfig(StrictModel):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     placement_prior: ConfigPath | None = None
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    update: UpdateConfig = Field(default_factory=UpdateConfig)
 
     @model_validator(mode="after")
     def _unique_endpoint_names(self) -> EdgeConfig:

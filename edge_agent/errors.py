@@ -19,6 +19,7 @@ __all__ = [
     "ModelNotFound",
     "Overloaded",
     "Unauthorized",
+    "UpdateFailed",
 ]
 
 
@@ -77,3 +78,15 @@ class InferenceFailed(EdgeError):
     """
 
     http_status = 500
+
+
+class UpdateFailed(EdgeError):
+    """A model update could not be fetched, verified, stored or loaded; the agent keeps
+    serving the version it runs. ``reason`` labels the failure in
+    ``tiersplit_edge_update_failures_total``: ``transport`` (the cloud did not answer or
+    refused), ``verify`` (a hash or the signature did not match: nothing is installed),
+    ``disk`` (no space, or the file size limit), ``load`` (ONNX Runtime refused it)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -18,6 +18,12 @@ Names:
     tiersplit_edge_head_seconds{cut}              measured head latency on the device
     tiersplit_edge_traceparents_ignored_total     malformed W3C traceparents ignored
                                                   (counted per process)
+    tiersplit_edge_update_bytes_total             bundle bytes downloaded (model updates)
+    tiersplit_edge_update_failures_total{reason}  failed updates: transport | verify | disk
+                                                  | io | load (the agent kept serving)
+    tiersplit_edge_model_version_info{current,staged,previous}
+                                                  1, labelled with the running version,
+                                                  the one being fetched, the one before
 
 Every duration is in seconds (the Prometheus base unit), whatever unit the agent's own
 status uses.
@@ -80,6 +86,14 @@ class EdgeMetrics:
         r.register(_TraceparentCollector())
         self.head = Gauge("tiersplit_edge_head_seconds", "Head latency on this device",
                              ["cut"], registry=r)
+        self.update_bytes = Counter("tiersplit_edge_update_bytes",
+                                    "Bundle bytes downloaded for model updates", registry=r)
+        self.update_failures = Counter("tiersplit_edge_update_failures",
+                                       "Model updates that failed (the agent kept serving)",
+                                       ["reason"], registry=r)
+        self.version_info = Gauge("tiersplit_edge_model_version_info",
+                                  "Bundle versions: running, being fetched, previous",
+                                  ["current", "staged", "previous"], registry=r)
 
     # the sink EdgeClient calls
     def request(self, path: str, outcome: str, seconds: float) -> None:
@@ -111,4 +125,9 @@ class EdgeMetrics:
         for name, ep in status.get("endpoints", {}).items():
             self.connected.labels(name).set(1.0 if ep.get("connected") else 0.0)
             self.breaker.labels(name).set(0.0 if ep.get("breaker") == "closed" else 1.0)
+        upd = status.get("update")
+        if upd is not None:
+            self.version_info.clear()
+            self.version_info.labels(upd.get("current", ""), upd.get("staged", ""),
+                                     upd.get("previous", "")).set(1.0)
         return generate_latest(self.registry)

@@ -88,6 +88,8 @@ class InferResult:
             (the rest of the model from the tensors the head computed), ``cascade``
             (the device's answer the cascade already had) or ``full`` (the int8 full
             model from the inputs); None otherwise.
+        version: the bundle version that produced the outputs (head and tail, or the
+            device's model): the one the request started on, even across an update.
     """
 
     request_id: str
@@ -103,6 +105,7 @@ class InferResult:
     cascade: str | None = None
     confidence: float | None = None
     fallback: str | None = None
+    version: str = ""
 
 
 class RequestHandle:

@@ -27,6 +27,7 @@ import concurrent.futures as cf
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -122,16 +123,49 @@ def _add(pair: tuple[int, int], ms: float) -> tuple[int, int]:
 
 
 class Tally:
-    """Requests by path (``/status``) and their statistics, forwarded to a metrics sink.
-    Thread-safe."""
+    """Requests by path (``/status``) and their statistics (Triton's shape), forwarded to a
+    metrics sink, and the latencies of the most recent ones (the percentiles an agent
+    reports to the cloud). Thread-safe."""
 
-    def __init__(self, metrics: MetricsSink | None = None) -> None:
+    def __init__(self, metrics: MetricsSink | None = None, window: int = 512) -> None:
         self.metrics: MetricsSink = metrics or _NoMetrics()
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
         self._stats = StatsSnapshot()
+        self._recent: deque[float] = deque(maxlen=window)
+        self._replies = [0, 0]  # cloud attempts answered, of which with an error status
+
+    def answered(self, ok: bool, replied: bool) -> None:
+        """Count a cloud attempt the cloud answered (``replied``), and whether with
+        outputs: a version whose tails fail shows here even while the breaker keeps
+        requests on the device."""
+        if replied:
+            with self._lock:
+                self._replies[0] += 1
+                self._replies[1] += not ok
+
+    def replies(self) -> tuple[int, int]:
+        """(cloud attempts answered, of which with an error status) since start."""
+        with self._lock:
+            return self._replies[0], self._replies[1]
+
+    def percentiles(self) -> tuple[float, float]:
+        """(p50, p99) in ms of the recent requests ((0, 0) before any)."""
+        with self._lock:
+            xs = sorted(self._recent)
+        if not xs:
+            return 0.0, 0.0
+        return xs[len(xs) // 2], xs[min(len(xs) - 1, int(len(xs) * 0.99))]
+
+    def reset_window(self) -> None:
+        """Forget the recent latencies (after a version switch: the next report speaks
+        for the new version only)."""
+        with self._lock:
+            self._recent.clear()
 
     def finished(self, res: InferResult, seconds: float) -> None:
+        with self._lock:
+            self._recent.append(seconds * 1e3)
         outcome = "fallback" if res.path == FALLBACK_PATH else "ok"
         self.metrics.request(_metric_path(res.path, res.cut), outcome, seconds)
         self._count(res.path)
@@ -144,6 +178,8 @@ class Tally:
             self._count(f"fallback_{res.fallback}")
 
     def failed(self, path: str, cut: str, seconds: float) -> None:
+        with self._lock:
+            self._recent.append(seconds * 1e3)
         self.metrics.request(_metric_path(path, cut), "error", seconds)
         self._count("error")
         with self._lock:
@@ -303,7 +339,8 @@ class RequestRunner:
         """The request's result, counted."""
         timings = {**timings, "total": (time.monotonic() - t0) * 1e3}
         res = InferResult(rid, outputs, path, cut, timings=timings, attempts=attempts,
-                          deadline_missed=deadline.expired(), **extra)  # type: ignore[arg-type]
+                          deadline_missed=deadline.expired(), version=self._version,
+                          **extra)  # type: ignore[arg-type]
         self.tally.finished(res, timings["total"] / 1e3)
         return res
 
@@ -359,6 +396,8 @@ class RequestRunner:
                           codec=self.cfg.codec)
             attempt, reply = self._attempt(ep, req, budget_ms, batch)
             attempts.append(attempt)
+            self.tally.answered(ok=reply is not None,
+                                replied=reply is not None or attempt.outcome.startswith("status"))
             if reply is not None:
                 return tuple(attempts), reply
             self.tally.metrics.failover(name, attempt.outcome.split(":")[0])

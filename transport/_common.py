@@ -18,7 +18,7 @@ from contract.deadline import Deadline
 from transport import wire
 from transport.base import PingResult, ServerHandler
 from transport.errors import LinkClosed, LinkTimeout, TransportError, WireError
-from transport.messages import Ping, Pong, Reply, Request, Status
+from transport.messages import Chunk, Directive, Fetch, Ping, Pong, Reply, Report, Request, Status
 
 __all__ = ["LinkState", "Pending", "Waker", "dispatch_client", "dispatch_server", "refuse",
            "settle"]
@@ -276,8 +276,32 @@ def dispatch_server(frames: Sequence[Any], agent_id: str | None, handler: Server
         send(Pong(nonce=msg.nonce, sent_at=msg.sent_at, server_time=time.time(),
                   received_bytes=len(msg.payload), load=load,
                   payload=bytes(msg.reply_bytes)))
+    elif isinstance(msg, Fetch | Report):
+        _dispatch_control(msg, agent_id, handler, send, trust_claimed_id)
     else:
         handler.on_reject("unexpected_message", agent_id)
+
+
+def _dispatch_control(msg: Fetch | Report, agent_id: str | None, handler: ServerHandler,
+                      send: Callable[[Any], None], trust_claimed_id: bool) -> None:
+    """Model distribution and rollout reports: to ``handler.on_control`` (a core without
+    one answers UNAVAILABLE). The agent id is the authenticated one, as for requests."""
+    if not trust_claimed_id or agent_id is not None:
+        msg.agent_id = agent_id or ""
+    control = getattr(handler, "on_control", None)
+    if control is None:
+        handler.on_reject("unexpected_message", agent_id)
+        kind = Chunk if isinstance(msg, Fetch) else Directive
+        send(kind(request_id=msg.request_id, status=Status.UNAVAILABLE,
+                  error="this core does not distribute models"))
+        return
+    try:
+        control(msg, send)
+    except Exception as e:
+        log.exception("handler.on_control failed for %s", msg.request_id)
+        kind = Chunk if isinstance(msg, Fetch) else Directive
+        send(kind(request_id=msg.request_id, status=Status.INTERNAL,
+                  error=f"server error: {type(e).__name__}"))
 
 
 def refuse(frames: Sequence[Any], agent_id: str | None, handler: ServerHandler,
@@ -320,8 +344,8 @@ def dispatch_client(frames: Sequence[Any], pending: Pending, limits: wire.WireLi
         if rid is not None:
             pending.discard(rid, e)
         return
-    if isinstance(msg, Reply):
-        pending.resolve(msg)
+    if isinstance(msg, Reply | Chunk | Directive):
+        pending.resolve(msg)  # type: ignore[arg-type]
     elif isinstance(msg, Pong):
         pending.resolve_pong(msg, nbytes)
     else:

@@ -122,4 +122,93 @@ class LoadReport:
     inflight: int = 0
 
 
-Message = Request | Reply | Ping | Pong
+@dataclass(slots=True)
+class Fetch:
+    """Agent -> core: bytes ``[offset, offset + length)`` of one edge file of a bundle.
+
+    Travels on the agent's own authenticated link, so only an allow-listed agent can
+    download anything; the core serves edge files only (manifest, signature, heads,
+    device tails, the int8 full model), never tails. ``request_id``, ``agent_id``,
+    ``deadline`` and ``wire_bytes`` mean what they mean on a :class:`Request` (links
+    send and match both the same way).
+    """
+
+    request_id: str
+    agent_id: str
+    model: str
+    version: str
+    file: str
+    offset: int
+    length: int
+    deadline: Deadline
+    wire_bytes: int = 0
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Core -> agent: the answer to a :class:`Fetch` (``data`` empty on an error).
+
+    ``total`` is the file's size; ``sha256`` the whole file's hash as the core has it
+    (the signed manifest, not this field, is what the agent trusts).
+    """
+
+    request_id: str
+    status: Status = Status.OK
+    error: str = ""
+    file: str = ""
+    offset: int = 0
+    total: int = 0
+    sha256: str = ""
+    data: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.OK
+
+
+@dataclass(slots=True)
+class Report:
+    """Agent -> core: what the agent runs and how its requests went.
+
+    Counters are cumulative since the agent started (a lost report loses nothing):
+    ``requests`` finished, ``cloud`` attempts the cloud answered, ``errors`` among them
+    answered with an error status; the percentiles are of the agent's recent window.
+    ``staged`` is the version being fetched, ``previous`` the one run before;
+    ``update_error`` says why the last update attempt failed.
+    """
+
+    request_id: str
+    agent_id: str
+    model: str
+    version: str
+    digest: str
+    deadline: Deadline
+    staged: str = ""
+    previous: str = ""
+    labels: list[str] = field(default_factory=list)
+    requests: int = 0
+    cloud: int = 0
+    errors: int = 0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    update_error: str = ""
+    wire_bytes: int = 0
+
+
+@dataclass(slots=True)
+class Directive:
+    """Core -> agent: the bundle version this agent should run (the answer to a
+    :class:`Report`); ``target`` is ``{"model", "version", "digest"}`` or None (keep
+    what you run)."""
+
+    request_id: str
+    status: Status = Status.OK
+    error: str = ""
+    target: dict[str, str] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.OK
+
+
+Message = Request | Reply | Ping | Pong | Fetch | Chunk | Report | Directive

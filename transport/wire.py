@@ -42,7 +42,19 @@ from contract.tracing import clean_traceparent
 from transport import codecs
 from transport.config import WireLimits
 from transport.errors import CodecError, DTypeError, LimitError, VersionError, WireError
-from transport.messages import LoadReport, Message, Ping, Pong, Reply, Request, Status
+from transport.messages import (
+    Chunk,
+    Directive,
+    Fetch,
+    LoadReport,
+    Message,
+    Ping,
+    Pong,
+    Reply,
+    Report,
+    Request,
+    Status,
+)
 
 __all__ = [
     "ALLOWED_DTYPES",
@@ -59,6 +71,11 @@ __all__ = [
 #: 2: requests carry the budget left (``budget_ms``) instead of a wall-clock deadline.
 WIRE_VERSION = 2
 _KIND_REQUEST, _KIND_REPLY, _KIND_PING, _KIND_PONG = 1, 2, 3, 4
+# Model distribution and rollout control (agent <-> core, on the authenticated link).
+_KIND_FETCH, _KIND_CHUNK, _KIND_REPORT, _KIND_DIRECTIVE = 5, 6, 7, 8
+_KINDS = (_KIND_REQUEST, _KIND_REPLY, _KIND_PING, _KIND_PONG, _KIND_FETCH, _KIND_CHUNK,
+          _KIND_REPORT, _KIND_DIRECTIVE)
+_MAX_LABELS = 64
 
 #: dtypes a tensor may have on the wire: the :mod:`contract.dtypes` vocabulary, each
 #: little-endian on the wire whatever the host.
@@ -142,7 +159,40 @@ def encode(msg: Message, codec: str | None = None) -> list[bytes | memoryview]:
                                    "server_time": float(msg.server_time),
                                    "received_bytes": int(msg.received_bytes),
                                    "load": load}), msg.payload]
+    control = _encode_control(msg)
+    if control is not None:
+        return control
     raise TypeError(f"cannot encode {type(msg).__name__}")
+
+
+def _encode_control(msg: Message) -> list[bytes | memoryview] | None:
+    """Frames of a distribution/rollout message, or None for another type."""
+    if isinstance(msg, Fetch):
+        return [_head(_KIND_FETCH, {
+            "id": msg.request_id, "agent": msg.agent_id, "model": msg.model,
+            "version": msg.version, "file": msg.file, "offset": int(msg.offset),
+            "length": int(msg.length), "budget_ms": _budget_ms(msg.deadline)})]
+    if isinstance(msg, Chunk):
+        return [_head(_KIND_CHUNK, {
+            "id": msg.request_id, "status": int(msg.status), "error": msg.error,
+            "file": msg.file, "offset": int(msg.offset), "total": int(msg.total),
+            "sha256": msg.sha256}), msg.data]
+    if isinstance(msg, Report):
+        return [_head(_KIND_REPORT, {
+            "id": msg.request_id, "agent": msg.agent_id, "model": msg.model,
+            "version": msg.version, "digest": msg.digest, "staged": msg.staged,
+            "previous": msg.previous, "labels": [str(x) for x in msg.labels],
+            "requests": int(msg.requests), "cloud": int(msg.cloud),
+            "errors": int(msg.errors),
+            "p50_ms": float(msg.p50_ms), "p99_ms": float(msg.p99_ms),
+            "update_error": msg.update_error, "budget_ms": _budget_ms(msg.deadline)})]
+    if isinstance(msg, Directive):
+        target = None if msg.target is None else {
+            "model": str(msg.target["model"]), "version": str(msg.target["version"]),
+            "digest": str(msg.target["digest"])}
+        return [_head(_KIND_DIRECTIVE, {"id": msg.request_id, "status": int(msg.status),
+                                        "error": msg.error, "target": target})]
+    return None
 
 
 def _budget_ms(deadline: Deadline) -> float:
@@ -185,7 +235,7 @@ def _parse_head(frames: Sequence[Any], limits: WireLimits) -> tuple[int, dict[st
     if head[0] != WIRE_VERSION:
         raise VersionError(f"wire version {head[0]}, expected {WIRE_VERSION}")
     kind = head[1]
-    if kind not in (_KIND_REQUEST, _KIND_REPLY, _KIND_PING, _KIND_PONG):
+    if kind not in _KINDS:
         raise WireError(f"unknown message kind {kind}")
     if len(head) > limits.max_header_bytes:
         raise LimitError(f"header of {len(head)} bytes exceeds {limits.max_header_bytes}")
@@ -299,6 +349,59 @@ def _payload(frames: Sequence[Any], limits: WireLimits) -> bytes:
     return bytes(buf)
 
 
+def _only_head(frames: Sequence[Any]) -> None:
+    if len(frames) != 1:
+        raise WireError(f"control message needs 1 frame, got {len(frames)}")
+
+
+def _decode_control(kind: int, h: dict[str, Any], frames: Sequence[Any],
+                    limits: WireLimits) -> Message:
+    """A Fetch, Chunk, Report or Directive from its parsed header and frames."""
+    if kind == _KIND_FETCH:
+        _only_head(frames)
+        return Fetch(request_id=_str(h, "id"), agent_id=_str(h, "agent", ""),
+                     model=_str(h, "model"), version=_str(h, "version"),
+                     file=_str(h, "file"), offset=_int(h, "offset"),
+                     length=_int(h, "length", hi=limits.max_total_bytes),
+                     deadline=Deadline.after_ms(_num(h, "budget_ms")))
+    if kind == _KIND_CHUNK:
+        if len(frames) != 2:
+            raise WireError(f"chunk needs 2 frames, got {len(frames)}")
+        data = _buf(frames[1])
+        if len(data) > limits.max_total_bytes:
+            raise LimitError(f"chunk of {len(data)} bytes exceeds {limits.max_total_bytes}")
+        return Chunk(request_id=_str(h, "id"),
+                     status=Status(_int(h, "status", lo=0, hi=max(Status))),
+                     error=_str(h, "error", ""), file=_str(h, "file", ""),
+                     offset=_int(h, "offset", 0), total=_int(h, "total", 0),
+                     sha256=_str(h, "sha256", ""), data=bytes(data))
+    if kind == _KIND_REPORT:
+        _only_head(frames)
+        labels = h.get("labels", [])
+        if not isinstance(labels, list) or len(labels) > _MAX_LABELS:
+            raise WireError(f"report 'labels' must be a list of at most {_MAX_LABELS}")
+        return Report(request_id=_str(h, "id"), agent_id=_str(h, "agent", ""),
+                      model=_str(h, "model"), version=_str(h, "version"),
+                      digest=_str(h, "digest", ""), staged=_str(h, "staged", ""),
+                      previous=_str(h, "previous", ""),
+                      labels=[_str({"l": x}, "l") for x in labels],
+                      requests=_int(h, "requests", 0), cloud=_int(h, "cloud", 0),
+                      errors=_int(h, "errors", 0),
+                      p50_ms=_num(h, "p50_ms", 0.0), p99_ms=_num(h, "p99_ms", 0.0),
+                      update_error=_str(h, "update_error", ""),
+                      deadline=Deadline.after_ms(_num(h, "budget_ms")))
+    _only_head(frames)
+    target_h = h.get("target")
+    target = None
+    if target_h is not None:
+        if not isinstance(target_h, dict):
+            raise WireError("directive 'target' must be an object or null")
+        target = {k: _str(target_h, k) for k in ("model", "version", "digest")}
+    return Directive(request_id=_str(h, "id"),
+                     status=Status(_int(h, "status", lo=0, hi=max(Status))),
+                     error=_str(h, "error", ""), target=target)
+
+
 def decode(frames: Sequence[Any], limits: WireLimits = WireLimits()) -> Message:
     """Decode frames into a message, strictly.
 
@@ -329,6 +432,8 @@ def decode(frames: Sequence[Any], limits: WireLimits = WireLimits()) -> Message:
             return Ping(nonce=_int(h, "nonce"), sent_at=_num(h, "sent_at"),
                         reply_bytes=_int(h, "reply_bytes", 0, hi=limits.max_total_bytes),
                         payload=_payload(frames, limits))
+        if kind != _KIND_PONG:
+            return _decode_control(kind, h, frames, limits)
         load_h = h.get("load")
         load = None
         if load_h is not None:
@@ -355,7 +460,7 @@ def peek_request_id(frames: Sequence[Any]) -> str | None:
         kind, h = _parse_head(frames, WireLimits())
     except WireError:
         return None
-    rid = h.get("id") if kind in (_KIND_REQUEST, _KIND_REPLY) else None
+    rid = h.get("id") if kind not in (_KIND_PING, _KIND_PONG) else None
     return rid if isinstance(rid, str) and len(rid) <= _MAX_STR else None
 
 

@@ -16,7 +16,18 @@ from hypothesis import strategies as st
 from contract.deadline import Deadline
 from transport import wire
 from transport.errors import WireError
-from transport.messages import Message, Ping, Pong, Reply, Request, Status
+from transport.messages import (
+    Chunk,
+    Directive,
+    Fetch,
+    Message,
+    Ping,
+    Pong,
+    Reply,
+    Report,
+    Request,
+    Status,
+)
 
 LIMITS = wire.WireLimits(max_header_bytes=4096, max_tensors=8, max_tensor_bytes=1 << 20,
                          max_total_bytes=1 << 20, max_ndim=6)
@@ -34,6 +45,12 @@ def _bases() -> list[list[bytes]]:
     msgs.append(Reply("r", Status.OK, "", {"y": x[0]}))
     msgs.append(Ping(1, 2.0, b"pp", 10))
     msgs.append(Pong(1, 2.0, 3.0, 2, None, b"qq"))
+    # model distribution and rollout control
+    msgs.append(Fetch("f", "a", "m", "2", "head.onnx", 0, 4096, Deadline.after_ms(1000)))
+    msgs.append(Chunk("f", Status.OK, "", "head.onnx", 0, 10, "ab" * 32, b"0123456789"))
+    msgs.append(Report("p", "a", "m", "1", "d" * 64, Deadline.after_ms(1000), staged="2",
+                       labels=["eu"], requests=5, cloud=3, errors=1, p50_ms=2.0, p99_ms=9.0))
+    msgs.append(Directive("p", target={"model": "m", "version": "2", "digest": "e" * 64}))
     return [[bytes(f) for f in wire.encode(m)] for m in msgs]
 
 

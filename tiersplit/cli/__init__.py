@@ -9,7 +9,18 @@ import sys
 
 import typer
 
-from tiersplit.cli import bench, cloud, demo, edge, keys, link, partition, place, privacy
+from tiersplit.cli import (
+    bench,
+    cloud,
+    demo,
+    edge,
+    fleet,
+    keys,
+    link,
+    partition,
+    place,
+    privacy,
+)
 
 app = typer.Typer(
     name="tiersplit",
@@ -33,6 +44,7 @@ partition.register(app)
 keys.register(app)
 link.register(app)
 cloud.register(app)
+fleet.register(app)
 edge.register(app)
 place.register(app)
 privacy.register(app)

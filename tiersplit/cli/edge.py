@@ -121,6 +121,13 @@ def _print_status(st: dict) -> None:
                   f"{b.get('model')} v{b.get('version')} ({str(b.get('digest', ''))[:12]}…, "
                   f"{'signed' if b.get('signed') else 'UNSIGNED'})  current cut "
                   f"[bold]{st.get('current_cut')}[/bold]", highlight=False)
+    upd = st.get("update")
+    if upd:
+        console.print(f"versions: current {upd.get('current') or '-'}, staged "
+                      f"{upd.get('staged') or '-'}, previous {upd.get('previous') or '-'}, "
+                      f"kept {','.join(upd.get('kept') or []) or '-'}"
+                      + (f"  [red]update failed: {upd['error']}[/red]"
+                         if upd.get("error") else ""), highlight=False)
     pol = st.get("policy", {})
     t = Table(title="endpoints")
     for col in ("name", "region", "connected", "breaker", "up Mbit/s", "RTT ms", "queue ms",
