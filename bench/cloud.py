@@ -429,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             backend = "torch"
             console.print("onnxruntime has no CUDA EP here: core uses the torch backend")
+            import torch
+
+            if not torch.cuda.is_available():
+                console.print("--device cuda: neither onnxruntime nor torch has CUDA here")
+                return 2
 
     from cloud_core import CloudCore, parse_config
     from cloud_core.triton_export import export_triton
