@@ -59,6 +59,9 @@ class EdgeMetrics:
                              ["endpoint"], registry=r)
         self.head_ms = Gauge("tiersplit_edge_head_ms", "Head latency on this device",
                              ["cut"], registry=r)
+        self.codec = Gauge("tiersplit_edge_codec", "1 for the wire codec the last choice "
+                           "sent its cut with, 0 for the cut's other candidates",
+                           ["cut", "codec"], registry=r)
 
     # the sink EdgeClient calls
     def request(self, path: str, outcome: str, seconds: float) -> None:
@@ -83,6 +86,11 @@ class EdgeMetrics:
             self.head_ms.labels(cut_id).set(info.get("head_ms", 0.0))
             if cut_id == current:
                 self.current_depth.set(info.get("depth", 0))
+        last = policy.get("last_choice") or {}
+        chosen = (last.get("cut"), last.get("codec"))
+        for cut_id, info in policy.get("cuts", {}).items():
+            for codec in info.get("codecs", []):
+                self.codec.labels(cut_id, codec).set(1.0 if (cut_id, codec) == chosen else 0.0)
         for name, est in policy.get("endpoints", {}).items():
             self.up.labels(name).set(est.get("up_Bps") or 0.0)
             self.rtt.labels(name).set(est.get("rtt_ms") or 0.0)

@@ -468,6 +468,11 @@ def test_slow_link_picks_a_low_bit_codec_at_an_interior_cut() -> None:
     assert snap["last_choice"]["codec"] == "int2c+zstd"
     assert snap["cuts"]["k4"]["codecs"] == ["int8+lz4", "int4c+zstd", "int2c+zstd"]
     assert snap["cuts"]["k2"]["codecs"] == ["int8"]  # none measured: the configured one
+    from edge_agent.metrics import EdgeMetrics
+
+    text = EdgeMetrics().render({"policy": snap}).decode()
+    assert 'tiersplit_edge_codec{codec="int2c+zstd",cut="k4"} 1.0' in text
+    assert 'tiersplit_edge_codec{codec="int4c+zstd",cut="k4"} 0.0' in text
 
 
 def test_a_codec_below_the_accuracy_floor_is_never_chosen() -> None:
