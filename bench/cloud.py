@@ -470,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
                                             args.gen_procs, broker if kind == "mqtt" else None)
                             c.backend_cpu_ms = meter.ms_per_sample(c.mean_batch)
                             results[(kind, label, n)] = c
+                            if c.rps == 0:
+                                notes.append(f"{kind} {label} {n} senders: no reply in the "
+                                             f"window; core output:\n{svc.output_tail()}")
         finally:
             meter.close()
             if broker is not None:
