@@ -11,6 +11,14 @@ cost model first (``profile_edge`` on the edge, ``profile_cloud`` for the tails,
 * chosen/best-measured (goal <= 1.05), and the median prediction error (goal <= 15%);
 * the speedup of the chosen cut over all-edge and all-cloud.
 
+With ``--lowbit`` (a list of codecs, e.g. ``int4c+zstd,int2c+zstd``) the codec is
+chosen with the cut: every interior cut is also measured under the candidate codec the
+cost model predicts best for it (arms named ``cut@codec``), and each cell shows the
+choice with the configured ``--codec`` alone beside the choice over (cut, codec) pairs.
+A cut's candidates are the codecs its bundle records as meeting the accuracy floor
+(``CutSpec.codecs``); a bundle that records none takes the listed codecs as they are
+(the run says so, since their accuracy was not checked).
+
 The slow edge is a CPU quota: when root with cgroup v1 ``cpu`` writable, this thread
 (only the edge work: head + encode) is moved into a child cgroup with
 ``cpu.cfs_quota_us`` = 1 ms per 10 ms ``cpu.cfs_period_us`` (10%, ``--slow-share``; see
@@ -197,9 +205,16 @@ class Cell:
     predicted: dict[str, float]
     measured: dict[str, float]
     chosen: str
+    chosen_codec: str = ""  # the choice over (cut, codec) pairs, as an arm label
 
     @property
     def best(self) -> str:
+        """The measured best under the configured codec alone."""
+        return min((k for k in self.measured if "@" not in k), key=self.measured.__getitem__)
+
+    @property
+    def best_any(self) -> str:
+        """The measured best over every (cut, codec) arm."""
         return min(self.measured, key=self.measured.__getitem__)
 
     @property
@@ -306,17 +321,48 @@ def service_overhead(edge: Edge, cuts: list[CutProfile], link, est: LinkEstimate
     return max(0.0, trimmed_mean(extra))
 
 
+def arm(cut_id: str, codec: str, base: str) -> str:
+    """Label of one measured (cut, codec) pair: the bare cut id under the base codec."""
+    return cut_id if codec in (base, "") else f"{cut_id}@{codec}"
+
+
+def with_codecs(cuts: list[CutProfile], bundle, lowbit: tuple[str, ...]) -> list[CutProfile]:
+    """The profiles with their candidate codecs: the manifest's that meet the floor, else
+    ``lowbit`` unchecked (interior cuts only: "cloud" sends the inputs as they are)."""
+    out = []
+    for c in cuts:
+        if c.is_edge or c.cut_id == "cloud" or not lowbit:
+            out.append(c)
+            continue
+        spec = bundle.manifest.cut(c.cut_id)
+        recorded = getattr(spec, "codecs", None) or []
+        codecs = (tuple(k.codec for k in recorded if k.meets_floor and k.codec in c.bytes)
+                  if recorded else tuple(k for k in lowbit if k in c.bytes))
+        out.append(replace(c, codecs=codecs) if codecs else c)
+    return out
+
+
 def measure_cell(edge: Edge, cuts: list[CutProfile], link, est: LinkEstimate, codec: str,
                  reps: int, budget_s: float, cloud: CloudEstimate
                  ) -> tuple[dict[str, float], dict[str, float]]:
-    """End-to-end latency (10%-trimmed mean) of every cut. Cuts are measured round-robin (one
-    request each per round) so drift in the machine's load hits all cuts alike."""
-    predicted = {c.cut_id: predict(c, est, cloud, codec).total_ms for c in cuts}
-    samples: dict[str, list[float]] = {c.cut_id: [] for c in cuts}
+    """End-to-end latency (10%-trimmed mean) of every cut under ``codec``, and of every
+    cut that lists candidate codecs under the one predicted best for it. Arms are
+    measured round-robin (one request each per round) so drift in the machine's load
+    hits all alike."""
+    arms: list[tuple[str, str, float]] = []
+    for c in cuts:
+        base = c.cut_id if c.is_edge else arm(c.cut_id, codec, codec)
+        arms.append((c.cut_id, codec, predict(c, est, cloud, codec).total_ms))
+        if c.codecs:
+            best = choose([c], est, cloud, Constraints(privacy_floor=0), codec).predicted
+            if arm(c.cut_id, best.codec, codec) != base:
+                arms.append((c.cut_id, best.codec, best.total_ms))
+    predicted = {arm(cid, k, codec): ms for cid, k, ms in arms}
+    samples: dict[str, list[float]] = {label: [] for label in predicted}
     t_end = time.monotonic() + budget_s
     for r in range(reps):
-        for c in cuts:
-            samples[c.cut_id].append(edge.run(c.cut_id, link, codec))
+        for cid, k, _ in arms:
+            samples[arm(cid, k, codec)].append(edge.run(cid, link, k))
         if r >= 2 and time.monotonic() > t_end:
             break
     return predicted, {k: trimmed_mean(v) for k, v in samples.items()}
@@ -329,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--links", default="3g,4g,wifi,lan")
     ap.add_argument("--links-file", type=Path, default=ROOT / "configs" / "links.yaml")
     ap.add_argument("--codec", default="int8+lz4", help="wire codec for every request")
+    ap.add_argument("--lowbit", default="int4c+zstd,int2c+zstd",
+                    help="candidate codecs chosen with the cut ('' = the codec alone)")
     ap.add_argument("--reps", type=int, default=0, help="requests per cut (default 5/15)")
     ap.add_argument("--image-size", type=int, default=224,
                     help="input resolution of the image models (0: the zoo's 64)")
@@ -351,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     all_links = load_profiles(args.links_file)
     link_names = [n for n in args.links.split(",") if n]
     t_start = time.monotonic()
+    lowbit = tuple(k for k in args.lowbit.split(",") if k)
+    candidates = tuple(dict.fromkeys((args.codec, *lowbit)))
 
     # GIL hand-offs between the emulator, the ZeroMQ threads and this one otherwise wait
     # up to the 5 ms default switch interval: that is Python, not the link.
@@ -395,22 +445,27 @@ def main(argv: list[str] | None = None) -> int:
                                 # is shared, and a profile minutes old describes another
                                 # load (the runtime policy re-measures continuously too).
                                 profiles[m] = profile_edge(
-                                    bundles[m], threads=speed.threads, codecs=(args.codec,),
+                                    bundles[m], threads=speed.threads, codecs=candidates,
                                     runs=20 if args.quick else 40, progress=False,
                                     gap_ms=GAP_MS).using("mean")
                                 profiles[m] = emulated_profile(profiles[m], bundles[m],
                                                                speed.gmacs)
-                                cuts = cut_profiles(profiles[m], clouds[m])
+                                cuts = with_codecs(cut_profiles(profiles[m], clouds[m]),
+                                                   bundles[m], lowbit)
                                 for c in cuts:  # warm-up: sessions, queues, connection
                                     edges[m].run(c.cut_id, link, args.codec)
                                 cloud = CloudEstimate(queue_ms=service_overhead(
                                     edges[m], cuts, link, est, args.codec, n=9))
-                                d = choose(cuts, est, cloud, Constraints(privacy_floor=0),
+                                plain = [replace(c, codecs=()) for c in cuts]
+                                d = choose(plain, est, cloud, Constraints(privacy_floor=0),
                                            args.codec)
+                                d2 = choose(cuts, est, cloud, Constraints(privacy_floor=0),
+                                            args.codec)
                                 budget = 2.0 if args.quick else 8.0
                                 pred, meas = measure_cell(edges[m], cuts, link, est,
                                                           args.codec, reps, budget, cloud)
-                                cells.append(Cell(m, speed.name, lname, pred, meas, d.cut_id))
+                                cells.append(Cell(m, speed.name, lname, pred, meas, d.cut_id,
+                                                  arm(d2.cut_id, d2.codec, args.codec)))
                     finally:
                         link.close()
                 console.print(f"  {speed.name} / {lname}: link rtt {est.rtt_ms:.2f} ms, "
@@ -425,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     report(cells, args.codec)
+    if lowbit:
+        report_lowbit(cells, bundles_checked(bundles), args.codec)
     console.print(f"total {time.monotonic() - t_start:.0f} s")
     return 0
 
@@ -459,6 +516,38 @@ def report(cells: list[Cell], codec: str) -> None:
     out = os.environ.get("TIERSPLIT_BENCH_OUT")
     if out:
         plot(cells, Path(out) / "placement_pred_vs_meas.png")
+
+
+def bundles_checked(bundles: dict) -> bool:
+    """Whether every bundle records which codecs meet its accuracy floor."""
+    return all(getattr(c, "codecs", None) for b in bundles.values()
+               for c in b.manifest.cuts if not c.is_edge and not c.is_cloud)
+
+
+def report_lowbit(cells: list[Cell], checked: bool, codec: str) -> None:
+    """The choice with the codec alone vs over (cut, codec) pairs, per cell."""
+    t = Table(title=f"Codec chosen with the cut: {codec} alone vs (cut, codec) pairs "
+                    "(measured ms of each choice; * = an interior cut with a low-bit codec "
+                    "is the measured best)")
+    for col in ("model", "edge", "link", f"choice ({codec})", "ms", "choice (pairs)", "ms",
+                "best measured", "gain"):
+        t.add_column(col, justify="left" if col in ("model", "edge", "link") else "right")
+    wins = []
+    for c in cells:
+        a, b = c.measured[c.chosen], c.measured.get(c.chosen_codec, float("nan"))
+        interior = "@" in c.best_any and not c.best_any.startswith(("edge", "cloud"))
+        if interior:
+            wins.append(c)
+        t.add_row(c.model, c.speed, c.link, c.chosen, f"{a:.2f}", c.chosen_codec, f"{b:.2f}",
+                  c.best_any + (" *" if interior else ""), f"{a / b:.2f}x")
+    console.print(t)
+    console.print(f"an interior cut with a low-bit codec is the measured best in {len(wins)}/"
+                  f"{len(cells)} cells: " + ", ".join(f"{c.model}/{c.speed}/{c.link} "
+                                                      f"({c.best_any})" for c in wins))
+    if not checked:
+        console.print("[yellow]these bundles record no per-cut codec accuracy "
+                      "(CutSpec.codecs): the low-bit codecs were offered to every interior "
+                      "cut unchecked[/yellow]")
 
 
 def plot(cells: list[Cell], path: Path) -> None:

@@ -7,7 +7,9 @@ sequence axis, say) never share a batch.
 Mechanism first (pure, tested without threads): :func:`take_batch` pops expired entries
 and the next batch from a queue; :func:`ready_at` says when a partial batch should go.
 The driver, :class:`Batcher`, runs one named dispatcher thread per queue and a sized
-executor shared by all queues:
+executor shared by all queues (with a single worker the dispatcher runs its batch itself:
+it could not form another one before the only worker is free anyway, and the hand-off
+to a pool thread would cost a thread switch per batch):
 
 - A dispatcher forms a batch only once a worker slot is free, so while the backend is
   busy requests accumulate and the next batch is bigger (batching that adapts to load),
@@ -135,6 +137,7 @@ class _Queue:
         self.key = key
         self.bound = bound
         self.entries: deque[Entry] = deque()
+        self.items = 0  # samples in ``entries``
         self.cond = threading.Condition()
         self.running = 0  # batches of this queue executing now
         self.retired = False
@@ -190,8 +193,15 @@ class Batcher:
                 raise Overloaded(f"queue for {key} holds {len(q.entries)} requests "
                                  f"(max_queue {q.bound}); back off or run locally")
             q.entries.append(entry)
+            q.items += entry.items
             depth = len(q.entries)
-            q.cond.notify()
+            # Wake the dispatcher only when it has something new to decide: the queue was
+            # empty (it sleeps until an entry arrives) or a full batch is now waiting.
+            # Other arrivals only push a partial batch's idle-gap deadline later, which it
+            # finds on its own when its timed wait ends; waking it per request would cost
+            # a thread switch per request.
+            if depth == 1 or q.items >= self.max_batch:
+                q.cond.notify()
         self._on_depth(key, depth)
 
     def _queue(self, key: Key) -> _Queue:
@@ -249,6 +259,7 @@ class Batcher:
                 self.waits += 1
                 q.advisor.record(len(q.entries) > before)
             batch, expired = take_batch(q.entries, time.monotonic(), self.max_batch)
+            q.items -= sum(e.items for e in batch) + sum(e.items for e in expired)
             depth = len(q.entries)
             if batch:
                 q.running += 1
@@ -260,6 +271,12 @@ class Batcher:
             return
         with self._busy_cond:
             self._busy += 1
+        if self.workers == 1:
+            # One worker: the dispatcher could not form another batch before this one
+            # ends anyway (it waits for the only slot), so it runs the batch itself and
+            # saves a thread hand-off per batch.
+            self._run(q, batch)
+            return
         try:
             self._pool.submit(self._run, q, batch)
         except RuntimeError as e:  # executor already shut down
@@ -304,6 +321,7 @@ class Batcher:
                 q.retired = True
                 left = list(q.entries)
                 q.entries.clear()
+                q.items = 0
                 q.cond.notify_all()
             self._on_depth(q.key, 0)
             for e in left:
@@ -334,6 +352,7 @@ class Batcher:
                 q.retired = True
                 left = list(q.entries)
                 q.entries.clear()
+                q.items = 0
                 q.cond.notify_all()
             for e in left:
                 self._safe(self._on_failed, e,

@@ -78,6 +78,8 @@ class CloudCore:
         self._inflight = 0
         self._count_lock = threading.Lock()
         self._depths: dict[tuple[Any, ...], int] = {}  # queue depth by batcher key
+        self._depth_totals: dict[tuple[Any, ...], int] = {}  # summed over shapes
+        self._depth_gauges: dict[tuple[Any, ...], Any] = {}  # labelled gauge children
         self._http: Any = None
         self._admin: Any = None
         self._tokens: Any = None
@@ -364,14 +366,20 @@ class CloudCore:
 
     def _depth(self, key: tuple[Any, ...], depth: int) -> None:
         # One queue per (model, version, cut, sample shapes); the gauge sums the shapes.
+        # Called on every submit: totals are kept incrementally, children looked up once.
         labels = key[:3]
         with self._count_lock:
+            old = self._depths.pop(key, 0)
             if depth:
                 self._depths[key] = depth
-            else:
-                self._depths.pop(key, None)
-            total = sum(n for k, n in self._depths.items() if k[:3] == labels)
-        self.metrics.queue_depth.labels(model=key[0], version=key[1], cut=key[2]).set(total)
+            total = self._depth_totals.get(labels, 0) + depth - old
+            self._depth_totals[labels] = total
+            gauge = self._depth_gauges.get(labels)
+            if gauge is None:
+                gauge = self.metrics.queue_depth.labels(model=key[0], version=key[1],
+                                                        cut=key[2])
+                self._depth_gauges[labels] = gauge
+            gauge.set(total)
 
     # -- compute ---------------------------------------------------------------------
     def _execute(self, key: tuple[Any, ...], batch: list[Entry]) -> None:
@@ -413,21 +421,26 @@ class CloudCore:
             with self._count_lock:
                 self._inflight -= len(batch)
         compute = time.monotonic() - start
-        self.metrics.batch_size.observe(items)
-        self.metrics.compute_seconds.labels(model=lv.name, cut=cut.id).observe(compute)
+        m = self.metrics
+        m.batch_size.observe(items)
+        m.compute_seconds.labels(model=lv.name, cut=cut.id).observe(compute)
+        # Labelled children once per batch, not once per request.
+        m.requests.labels(model=lv.name, cut=cut.id, status="OK").inc(len(batch))
+        queue_hist = m.queue_seconds.labels(model=lv.name, cut=cut.id)
+        for agent in {j.request.agent_id for j in jobs}:
+            m.agent_seen(agent, lv.name, lv.version)
         offset = 0
+        compute_ms = compute * 1e3
         for entry, job in zip(batch, jobs, strict=True):
             queued = start - entry.enqueued
             self._queue_ms = 0.9 * self._queue_ms + 0.1 * queued * 1e3
-            self.metrics.queue_seconds.labels(model=lv.name, cut=cut.id).observe(queued)
+            queue_hist.observe(queued)
             n = entry.items
             tensors = {k: v[offset:offset + n] for k, v in outputs.items()}
             offset += n
-            self.metrics.requests.labels(model=lv.name, cut=cut.id, status="OK").inc()
-            self.metrics.agent_seen(job.request.agent_id, lv.name, lv.version)
             _send(job.responder, Reply(request_id=job.request.request_id, status=Status.OK,
                                        tensors=tensors, queue_ms=queued * 1e3,
-                                       compute_ms=compute * 1e3))
+                                       compute_ms=compute_ms))
 
     def _trace_batch(self, batch: list[Entry], jobs: list[_Job], target: Target,
                      start: float) -> Span:

@@ -97,6 +97,15 @@ class Accuracy(_Frozen):
     metric: float | None = None  # the user's metric (higher is better), when one was given
 
 
+class CutCodec(_Frozen):
+    codec: str            # wire codec spec, e.g. "int8+lz4", "int4c+zstd"
+    ratio: float          # encoded bytes / fp32 bytes, mean over held-back samples
+    cosine: float         # worst-sample cosine of the model output (int8 head -> codec round trip -> fp32 tail) vs the fp32 model
+    top1: float | None = None   # top-1 agreement for classifiers
+    encode_ms: float      # edge encode time per sample (batch 1), median
+    meets_floor: bool
+
+
 class CutSpec(_Frozen):
     """One candidate cut: the full set of tensors crossing the head/tail boundary."""
 
@@ -121,6 +130,7 @@ class CutSpec(_Frozen):
     # The rest of the model after this cut, int8 and accuracy-bounded like the heads: a
     # request whose cloud attempt fails finishes from the tensors the head computed.
     device_tail: str | None = None
+    codecs: list[CutCodec] = Field(default_factory=list)  # empty = not measured: the agent's configured codec
 
     @property
     def is_cloud(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contract.bundle import EDGE_CUT, Manifest
+from contract.bundle import EDGE_CUT, CutCodec, Manifest
 
 __all__ = ["CutInfo", "cut_infos_from_manifest", "wire_bytes_guess"]
 
@@ -21,6 +21,7 @@ class CutInfo:
     accuracy: float
     head_flops: int
     tail_flops: int
+    codecs: tuple[CutCodec, ...] = ()  # wire codecs measured at this cut (manifest)
 
     @property
     def remote(self) -> bool:
@@ -43,5 +44,5 @@ def cut_infos_from_manifest(manifest: Manifest) -> list[CutInfo]:
     for c in manifest.cuts:
         accuracy = c.accuracy.cosine if c.accuracy.samples else 1.0
         out.append(CutInfo(c.id, c.depth, c.bytes, c.bytes_int8, 0 if c.is_edge else reply,
-                           accuracy, c.head_flops, c.tail_flops))
+                           accuracy, c.head_flops, c.tail_flops, tuple(c.codecs)))
     return out

@@ -16,6 +16,7 @@ Names:
     tiersplit_edge_cloud_queue_seconds{endpoint}  the policy's estimates
     tiersplit_edge_endpoint_connected{endpoint}, tiersplit_edge_breaker_open{endpoint}
     tiersplit_edge_head_seconds{cut}              measured head latency on the device
+    tiersplit_edge_codec{cut,codec}               1 for the wire codec the last choice used
     tiersplit_edge_traceparents_ignored_total     malformed W3C traceparents ignored
                                                   (counted per process)
     tiersplit_edge_update_bytes_total             bundle bytes downloaded (model updates)
@@ -94,6 +95,9 @@ class EdgeMetrics:
         self.version_info = Gauge("tiersplit_edge_model_version_info",
                                   "Bundle versions: running, being fetched, previous",
                                   ["current", "staged", "previous"], registry=r)
+        self.codec = Gauge("tiersplit_edge_codec", "1 for the wire codec the last choice "
+                           "sent its cut with, 0 for the cut's other candidates",
+                           ["cut", "codec"], registry=r)
 
     # the sink EdgeClient calls
     def request(self, path: str, outcome: str, seconds: float) -> None:
@@ -118,6 +122,11 @@ class EdgeMetrics:
             self.head.labels(cut_id).set((info.get("head_ms") or 0.0) / 1e3)
             if cut_id == current:
                 self.current_depth.set(info.get("depth", 0))
+        last = policy.get("last_choice") or {}
+        chosen = (last.get("cut"), last.get("codec"))
+        for cut_id, info in policy.get("cuts", {}).items():
+            for codec in info.get("codecs", []):
+                self.codec.labels(cut_id, codec).set(1.0 if (cut_id, codec) == chosen else 0.0)
         for name, est in policy.get("endpoints", {}).items():
             self.up.labels(name).set(est.get("up_Bps") or 0.0)
             self.rtt.labels(name).set((est.get("rtt_ms") or 0.0) / 1e3)

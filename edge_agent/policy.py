@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -49,6 +49,7 @@ class Choice:
         explored: this request explores a non-best cut to refresh its estimates.
         reason: ``optimal``, ``fixed``, ``prior``, ``explore``, ``hysteresis`` or
             ``no-endpoint``.
+        codec: the wire codec to send the cut with, chosen with it ("" for ``edge``).
     """
 
     cut_id: str
@@ -56,6 +57,7 @@ class Choice:
     predicted_ms: float
     explored: bool = False
     reason: str = "optimal"
+    codec: str = ""
 
 
 class Policy:
@@ -138,17 +140,49 @@ class Policy:
 
     # ---- prediction --------------------------------------------------------------
 
+    def candidate_codecs(self, cut: CutInfo) -> tuple[str, ...]:
+        """The codecs ``cut`` may be sent with: those the bundle measured at it that meet
+        its accuracy floor; with none measured, the configured codec; with every
+        measured one below the floor, the configured codec unless it is one of them,
+        else ``raw`` (lossless)."""
+        if not cut.remote or not cut.codecs:
+            return (self.codec,)
+        good = tuple(c.codec for c in cut.codecs if c.meets_floor)
+        if good:
+            return good
+        failed = {c.codec for c in cut.codecs}
+        return (self.codec,) if self.codec not in failed else ("raw",)
+
     def _profile(self, cut: CutInfo, batch: int, st: CloudEstimator | None = None) \
             -> CutProfile:
         est = self.estimates
-        nbytes = est.wire_bytes(cut.cut_id)
-        enc = est.encode_ms(cut.cut_id)
         tail = {} if not cut.remote or st is None else {1: est.tail_ms(st, cut) * batch}
+        codecs = self.candidate_codecs(cut)
+        # The configured codec's bytes and encode time are measured live; the others are
+        # the bundle's figures for this cut.
+        nbytes = {self.codec: est.wire_bytes(cut.cut_id) * batch}
+        enc = {self.codec: est.encode_ms(cut.cut_id) * batch}
+        measured = {c.codec: c for c in cut.codecs}
+        for name in codecs:
+            if name == self.codec:
+                continue
+            m = measured.get(name)
+            nbytes[name] = cut.raw_bytes * (m.ratio if m is not None else 1.0) * batch
+            enc[name] = (m.encode_ms if m is not None else 0.0) * batch
         return CutProfile(
             cut_id=cut.cut_id, depth=cut.depth, head_ms=est.head_ms(cut) * batch,
-            tail_ms=tail, bytes={self.codec: int(nbytes * batch)},
-            reply_bytes=cut.reply_bytes * batch, encode_ms={self.codec: enc * batch},
-            accuracy=cut.accuracy)
+            tail_ms=tail, bytes={k: int(v) for k, v in nbytes.items()},
+            reply_bytes=cut.reply_bytes * batch, encode_ms=enc, accuracy=cut.accuracy,
+            codecs=codecs if cut.codecs else ())
+
+    def _codec_for(self, cut_id: str, endpoint: str, batch: int) -> str:
+        """The codec that makes ``cut_id`` fastest on ``endpoint`` (among its
+        candidates)."""
+        st = self.estimates.clouds[endpoint]
+        profile = self._profile(self.cuts[cut_id], batch, st)
+        return choose([profile], self.estimates.link_estimate(endpoint),
+                      CloudEstimate(queue_ms=st.queue.get(0.0), batch=1.0),
+                      Constraints(privacy_floor=0), self.codec).codec
 
     def _usable(self) -> list[tuple[str, CloudEstimator]]:
         clouds = self.estimates.clouds
@@ -187,6 +221,9 @@ class Policy:
                              f"{sorted(self.cuts)}")
         with self._lock:
             choice = self._decide(batch, force)
+            if choice.endpoints:
+                choice = replace(choice, codec=self._codec_for(choice.cut_id,
+                                                               choice.endpoints[0], batch))
             self.decisions += 1
             self.last = choice
             if not choice.explored and force is None:
@@ -286,6 +323,7 @@ class Policy:
                     "wire_bytes": round(est.wire_bytes(cut.cut_id), 1),
                     "admitted": self.constraints.admits(self._profile(cut, 1)),
                     "privacy": self.privacy[cut.cut_id].reason,
+                    "codecs": list(self.candidate_codecs(cut)) if cut.remote else [],
                 } for cut in self.cuts.values()}
             return {
                 "current_cut": self.current,
@@ -297,7 +335,8 @@ class Policy:
                 "codec": self.codec,
                 "decisions": self.decisions,
                 "last_choice": None if self.last is None else {
-                    "cut": self.last.cut_id, "reason": self.last.reason,
+                    "cut": self.last.cut_id, "codec": self.last.codec,
+                    "reason": self.last.reason,
                     "explored": self.last.explored, "endpoints": list(self.last.endpoints),
                     "predicted_ms": round(self.last.predicted_ms, 3)},
                 "edge_ms": round(self._edge_prediction(batch).total_ms, 3),

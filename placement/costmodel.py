@@ -6,7 +6,11 @@ Predicted end-to-end latency of a cut (all in milliseconds)::
               + reply bytes / downlink
 
 "edge" (everything local) is just the int8 full model's time; "cloud" sends the raw
-inputs. Pure Python/numpy: the edge agent imports this, so no torch.
+inputs. The codec is chosen with the cut: a cut that lists the codecs its accuracy floor
+allows (:attr:`CutProfile.codecs`) is predicted under each of them and ranked by its
+best (fewer bytes against more encode time, at the link's bandwidth); a cut that lists
+none uses the caller's configured codec. Pure Python/numpy: the edge agent imports this,
+so no torch.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ __all__ = [
     "EndpointDecision",
     "LinkEstimate",
     "Prediction",
+    "candidate_codecs",
     "choose",
     "choose_endpoint",
     "predict",
@@ -47,6 +52,9 @@ class CutProfile:
         encode_ms / decode_ms: codec cost per sample by codec (edge encode, cloud decode).
         accuracy: cosine or top-1 agreement of this cut (1.0 = exact); constraint input.
         edge_memory_mb: resident memory the head needs on the edge (0 if unknown).
+        codecs: wire codecs allowed at this cut (the accuracy floor held on held-back
+            data), each with its ``bytes``/``encode_ms`` entry; empty = not measured, the
+            caller's configured codec only.
     """
 
     cut_id: str
@@ -59,6 +67,7 @@ class CutProfile:
     decode_ms: Mapping[str, float] = field(default_factory=dict)
     accuracy: float = 1.0
     edge_memory_mb: float = 0.0
+    codecs: tuple[str, ...] = ()
 
     @property
     def is_edge(self) -> bool:
@@ -141,10 +150,12 @@ class Prediction:
     edge_ms: float
     network_ms: float
     cloud_ms: float
+    codec: str = ""  # the wire codec predicted ("" for "edge": nothing crosses)
 
     def as_dict(self) -> dict[str, float | str]:
         return {"cut": self.cut_id, "total_ms": self.total_ms, "edge_ms": self.edge_ms,
-                "network_ms": self.network_ms, "cloud_ms": self.cloud_ms}
+                "network_ms": self.network_ms, "cloud_ms": self.cloud_ms,
+                "codec": self.codec}
 
 
 def predict(cut: CutProfile, link: LinkEstimate, cloud: CloudEstimate,
@@ -153,12 +164,24 @@ def predict(cut: CutProfile, link: LinkEstimate, cloud: CloudEstimate,
     if cut.is_edge:
         return Prediction(cut.cut_id, cut.head_ms, cut.head_ms, 0.0, 0.0)
     if not cloud.available:
-        return Prediction(cut.cut_id, math.inf, cut.head_ms, math.inf, math.inf)
+        return Prediction(cut.cut_id, math.inf, cut.head_ms, math.inf, math.inf, codec)
     nbytes = cut.bytes.get(codec, cut.bytes.get("raw", 0))
     edge = cut.head_ms + cut.encode_ms.get(codec, 0.0)
     network = link.rtt_ms + link.transfer_ms(nbytes, cut.reply_bytes)
     cloud_ms = cloud.queue_ms + cut.decode_ms.get(codec, 0.0) + cut.tail_at(cloud.batch)
-    return Prediction(cut.cut_id, edge + network + cloud_ms, edge, network, cloud_ms)
+    return Prediction(cut.cut_id, edge + network + cloud_ms, edge, network, cloud_ms, codec)
+
+
+def candidate_codecs(cut: CutProfile, codec: str = "raw") -> tuple[str, ...]:
+    """The codecs ``cut`` may be sent with: those its profile lists (each met the accuracy
+    floor when the bundle was made), else the configured ``codec``."""
+    return tuple(cut.codecs) if cut.codecs and not cut.is_edge else (codec,)
+
+
+def _best_codec(cut: CutProfile, link: LinkEstimate, cloud: CloudEstimate,
+                codec: str) -> Prediction:
+    preds = [predict(cut, link, cloud, k) for k in candidate_codecs(cut, codec)]
+    return min(preds, key=lambda p: (p.total_ms, p.codec))
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +193,11 @@ class Decision:
     ranking: tuple[Prediction, ...]
 
     @property
+    def codec(self) -> str:
+        """The codec of the chosen cut ("" for "edge")."""
+        return self.predicted.codec
+
+    @property
     def margin_ms(self) -> float:
         """How much slower the runner-up is predicted to be (inf if no runner-up)."""
         return self.ranking[1].total_ms - self.ranking[0].total_ms if len(self.ranking) > 1 \
@@ -178,12 +206,17 @@ class Decision:
 
 def choose(cuts: Sequence[CutProfile], link: LinkEstimate, cloud: CloudEstimate,
            constraints: Constraints = Constraints(), codec: str = "raw") -> Decision:
-    """The admitted cut with the lowest predicted latency.
+    """The admitted (cut, codec) pair with the lowest predicted latency.
+
+    Each admitted cut is predicted under each of its :func:`candidate_codecs` (``codec``
+    for a cut that lists none) and stands in the ranking with its best one, so the
+    ranking (and :attr:`Decision.margin_ms`) still compares cuts; each prediction names
+    its codec.
 
     Raises:
         ValueError: no cut satisfies the constraints (the message names the constraints).
     """
-    preds = [predict(c, link, cloud, codec) for c in cuts if constraints.admits(c)]
+    preds = [_best_codec(c, link, cloud, codec) for c in cuts if constraints.admits(c)]
     if not preds:
         raise ValueError(f"no cut satisfies {constraints!r} among {[c.cut_id for c in cuts]}")
     preds.sort(key=lambda p: (p.total_ms, p.cut_id))

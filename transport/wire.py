@@ -81,6 +81,31 @@ _MAX_LABELS = 64
 #: little-endian on the wire whatever the host.
 ALLOWED_DTYPES: dict[str, np.dtype] = {d.name: d.numpy.newbyteorder("<") for d in DTYPES}
 _MAX_STR = 4096
+# Native-order dtype -> wire name: a dict hit instead of numpy's ``dtype.name`` (Python
+# code in numpy) on every tensor of every message.
+_WIRE_NAME: dict[np.dtype, str] = {np.dtype(d.numpy): d.name for d in DTYPES}
+_RAW = codecs.CodecSpec("raw")
+
+
+class _SpecCache:
+    """Parsed codec specs by their string: every message names one, and parsing it is
+    pure. Only specs that parsed are kept, and at most ``size`` of them (a peer cannot
+    grow it without bound by sending spellings)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._specs: dict[str, codecs.CodecSpec] = {}
+
+    def get(self, spec: str) -> codecs.CodecSpec:
+        hit = self._specs.get(spec) if isinstance(spec, str) else None
+        if hit is None:
+            hit = codecs.parse_spec(spec)
+            if len(self._specs) < self._size:
+                self._specs[spec] = hit
+        return hit
+
+
+_SPECS = _SpecCache()
 
 
 # ----------------------------------------------------------------------------- encode
@@ -91,14 +116,15 @@ def _tensor_frames(tensors: dict[str, np.ndarray], spec: codecs.CodecSpec
     frames: list[bytes | memoryview] = []
     for name, value in tensors.items():
         arr = np.asarray(value)
-        if arr.dtype.name not in ALLOWED_DTYPES:
+        dname = _WIRE_NAME.get(arr.dtype) or arr.dtype.name
+        if dname not in ALLOWED_DTYPES:
             raise DTypeError(f"tensor {name!r}: dtype {arr.dtype} not allowed on the wire; "
                              f"allowed {sorted(ALLOWED_DTYPES)}")
-        t_spec = spec.for_array(arr.dtype, arr.ndim)
-        desc: dict[str, Any] = {"n": str(name), "d": arr.dtype.name, "s": list(arr.shape),
+        t_spec = spec if spec is _RAW else spec.for_array(arr.dtype, arr.ndim)
+        desc: dict[str, Any] = {"n": str(name), "d": dname, "s": list(arr.shape),
                                 "c": str(t_spec)}
         if t_spec.base == "raw":
-            wire_dtype = ALLOWED_DTYPES[arr.dtype.name]
+            wire_dtype = ALLOWED_DTYPES[dname]
             # Only non-contiguous or big-endian arrays are copied; the rest is a view.
             arr = np.ascontiguousarray(arr, dtype=wire_dtype)
             payload: bytes | memoryview = memoryview(arr.reshape(-1).view(np.uint8))
@@ -131,7 +157,7 @@ def encode(msg: Message, codec: str | None = None) -> list[bytes | memoryview]:
         ValueError: a request whose deadline is not finite.
     """
     if isinstance(msg, Request):
-        descs, frames = _tensor_frames(msg.tensors, codecs.parse_spec(codec or msg.codec))
+        descs, frames = _tensor_frames(msg.tensors, _SPECS.get(codec or msg.codec))
         head = _head(_KIND_REQUEST, {
             "id": msg.request_id, "agent": msg.agent_id, "model": msg.model,
             "version": msg.version, "digest": msg.digest, "cut": msg.cut,
@@ -139,7 +165,7 @@ def encode(msg: Message, codec: str | None = None) -> list[bytes | memoryview]:
             "t": descs, **({"tp": msg.traceparent} if msg.traceparent else {})})
         return [head, *frames]
     if isinstance(msg, Reply):
-        descs, frames = _tensor_frames(msg.tensors, codecs.parse_spec(codec or "raw"))
+        descs, frames = _tensor_frames(msg.tensors, _SPECS.get(codec) if codec else _RAW)
         head = _head(_KIND_REPLY, {
             "id": msg.request_id, "status": int(msg.status), "error": msg.error,
             "queue_ms": float(msg.queue_ms), "compute_ms": float(msg.compute_ms),
@@ -224,6 +250,10 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"non-finite number {name}")
 
 
+# One decoder for every header (``json.loads`` with options builds a new one per call).
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _parse_head(frames: Sequence[Any], limits: WireLimits) -> tuple[int, dict[str, Any]]:
     if not isinstance(frames, Sequence) or len(frames) == 0:
         raise WireError("empty message")
@@ -240,7 +270,7 @@ def _parse_head(frames: Sequence[Any], limits: WireLimits) -> tuple[int, dict[st
     if len(head) > limits.max_header_bytes:
         raise LimitError(f"header of {len(head)} bytes exceeds {limits.max_header_bytes}")
     try:
-        header = json.loads(bytes(head[2:]).decode("utf-8"), parse_constant=_reject_constant)
+        header = _JSON.decode(bytes(head[2:]).decode("utf-8"))
     except (ValueError, RecursionError) as e:
         raise WireError(f"header is not valid JSON ({type(e).__name__})") from None
     if not isinstance(header, dict):
@@ -250,7 +280,7 @@ def _parse_head(frames: Sequence[Any], limits: WireLimits) -> tuple[int, dict[st
 
 def _str(h: dict[str, Any], key: str, default: str | None = None) -> str:
     v = h.get(key, default)
-    if not isinstance(v, str) or len(v) > _MAX_STR:
+    if v.__class__ is not str or len(v) > _MAX_STR:  # JSON makes exact str, never subclasses
         raise WireError(f"header field {key!r} must be a string of at most {_MAX_STR} chars")
     return v
 
@@ -295,13 +325,12 @@ def _decode_tensors(header: dict[str, Any], frames: Sequence[Any], limits: WireL
             raise DTypeError(f"tensor {name!r}: dtype {dname!r} not in the allow-list")
         dtype = ALLOWED_DTYPES[dname]
         shape = d.get("s")
-        if (not isinstance(shape, list) or len(shape) > limits.max_ndim
-                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
-                           for x in shape)):
+        if (shape.__class__ is not list or len(shape) > limits.max_ndim
+                or not all(x.__class__ is int and x >= 0 for x in shape)):
             raise WireError(f"tensor {name!r}: shape must be a list of at most "
                             f"{limits.max_ndim} non-negative integers")
         shape_t = tuple(shape)
-        spec = codecs.parse_spec(_str(d, "c"))
+        spec = _SPECS.get(_str(d, "c"))
         if spec.for_array(dtype, len(shape_t)) != spec:
             raise CodecError(f"tensor {name!r}: codec {spec} does not apply to {dname} "
                              f"of rank {len(shape_t)}")

@@ -51,6 +51,11 @@ class OrtBackend(Backend):
         if self._threads:
             opts.intra_op_num_threads = self._threads
         providers = ort_providers(self._want)
+        if providers[0] == "CPUExecutionProvider":
+            # Between two batches a server does I/O on the same cores; pool threads that
+            # spin-wait for the next run would take those cores from it.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph...)

@@ -429,3 +429,65 @@ def test_cascade_scores_and_hooks() -> None:
         Cascade(CascadeConfig(enabled=True, kind="no_such_module_x:fn"), ["y"])
     with pytest.raises(ConfigError, match="not an output"):
         Cascade(CascadeConfig(enabled=True, output="z"), ["y"])
+
+
+def _lowbit_policy(floor_ok: dict[str, bool], **cfg) -> Policy:
+    """The chain above, with k4 measured under low-bit codecs by the partitioner."""
+    from contract.bundle import CutCodec
+
+    measured = (
+        CutCodec(codec="int8+lz4", ratio=0.2, cosine=0.999, encode_ms=0.05,
+                 meets_floor=floor_ok.get("int8+lz4", True)),
+        CutCodec(codec="int4c+zstd", ratio=0.1, cosine=0.995, encode_ms=0.2,
+                 meets_floor=floor_ok.get("int4c+zstd", True)),
+        CutCodec(codec="int2c+zstd", ratio=0.05, cosine=0.95, encode_ms=0.3,
+                 meets_floor=floor_ok.get("int2c+zstd", True)),
+    )
+    cuts = [CutInfo(c.cut_id, c.depth, c.raw_bytes, c.int8_bytes, c.reply_bytes, c.accuracy,
+                    c.head_flops, c.tail_flops, measured if c.cut_id == "k4" else ())
+            for c in CUTS]
+    cfg.setdefault("explore_fraction", 0.0)
+    pol = Policy(cuts, [EndpointInfo("a", "eu")], PolicyConfig(**cfg), codec="int8",
+                 clock=Clock())
+    for cut, ms in HEAD_MS.items():
+        pol.estimates.observe_head(cut, ms)
+    return pol
+
+
+def test_slow_link_picks_a_low_bit_codec_at_an_interior_cut() -> None:
+    """At 1 Mbit/s no cut is worth it with int8 (the edge wins), but k4 with a 2-bit
+    codec sends 20x fewer bytes than fp32 and beats running everything locally."""
+    plain = make_policy()
+    feed_link(plain, "a", 125_000, rtt_ms=4)
+    assert plain.decide().cut_id == "edge"
+    pol = _lowbit_policy({})
+    feed_link(pol, "a", 125_000, rtt_ms=4)
+    choice = pol.decide()
+    assert (choice.cut_id, choice.codec) == ("k4", "int2c+zstd")
+    snap = pol.snapshot()
+    assert snap["last_choice"]["codec"] == "int2c+zstd"
+    assert snap["cuts"]["k4"]["codecs"] == ["int8+lz4", "int4c+zstd", "int2c+zstd"]
+    assert snap["cuts"]["k2"]["codecs"] == ["int8"]  # none measured: the configured one
+    from edge_agent.metrics import EdgeMetrics
+
+    text = EdgeMetrics().render({"policy": snap}).decode()
+    assert 'tiersplit_edge_codec{codec="int2c+zstd",cut="k4"} 1.0' in text
+    assert 'tiersplit_edge_codec{codec="int4c+zstd",cut="k4"} 0.0' in text
+
+
+def test_a_codec_below_the_accuracy_floor_is_never_chosen() -> None:
+    pol = _lowbit_policy({"int2c+zstd": False}, fixed_cut="k4")
+    for mbit in (1, 0.5, 0.2):
+        feed_link(pol, "a", mbit * 125_000, rtt_ms=4)
+        choice = pol.decide()
+        assert (choice.cut_id, choice.codec) == ("k4", "int4c+zstd"), choice
+    pol_all_bad = _lowbit_policy({"int8+lz4": False, "int4c+zstd": False,
+                                  "int2c+zstd": False}, fixed_cut="k4")
+    feed_link(pol_all_bad, "a", 62_500, rtt_ms=4)
+    assert pol_all_bad.decide().codec == "int8"  # measured codecs all fail: configured
+
+
+def test_fast_link_keeps_the_cheapest_encode() -> None:
+    pol = _lowbit_policy({}, fixed_cut="k4")
+    feed_link(pol, "a", 1e10, rtt_ms=1)
+    assert pol.decide().codec == "int8+lz4"
