@@ -21,6 +21,8 @@ Every duration is in seconds, as Prometheus conventions ask:
 - ``tiersplit_cloud_agents{model,version}``: distinct agents served in the last
   ``AGENT_WINDOW_S`` seconds, per bundle version (which version the fleet runs; fed by
   :meth:`CloudMetrics.agent_seen`).
+- ``tiersplit_cloud_traceparents_ignored_total``: malformed W3C traceparents on requests,
+  ignored (the request runs untraced).
 - ``tiersplit_build_info{version,component}``: always 1; the installed tiersplit version.
 - ``process_*`` / ``python_info``: prometheus_client's process and platform collectors
   (CPU seconds, resident memory, open file descriptors, start time).
@@ -48,6 +50,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from contract.tracing import TraceparentCollector
 
 __all__ = ["AGENT_WINDOW_S", "UNKNOWN", "AgentTracker", "CloudMetrics", "build_version"]
 
@@ -166,6 +170,7 @@ class CloudMetrics:
             "Bundle downloads refused, by reason", ["reason"], registry=r)
         self.agents = AgentTracker()
         r.register(self.agents)
+        r.register(TraceparentCollector("tiersplit_cloud"))
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
 

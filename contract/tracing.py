@@ -39,6 +39,7 @@ from contract.config import ConfigPath, StrictModel
 __all__ = [
     "TRACEPARENT",
     "Span",
+    "TraceparentCollector",
     "Tracer",
     "TracingConfig",
     "bad_traceparents",
@@ -115,6 +116,20 @@ def bad_traceparents() -> int:
     """How many malformed traceparents this process has ignored."""
     with _bad_lock:
         return _bad
+
+
+class TraceparentCollector:
+    """A Prometheus collector of :func:`bad_traceparents`, read at scrape time; each tier
+    registers one under its own metric prefix (``tiersplit_edge`` / ``tiersplit_cloud``)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.name = f"{prefix}_traceparents_ignored"
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        yield CounterMetricFamily(self.name, "Malformed W3C traceparents ignored (this process)",
+                                  value=bad_traceparents())
 
 
 def current_traceparent() -> str | None:

@@ -32,28 +32,16 @@ status uses.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
 
-from contract.tracing import bad_traceparents
+from contract.tracing import TraceparentCollector
 
 __all__ = ["CONTENT_TYPE", "EdgeMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class _TraceparentCollector:
-    """The process's count of malformed traceparents (``contract.tracing``), read at
-    scrape time."""
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        yield CounterMetricFamily("tiersplit_edge_traceparents_ignored",
-                                  "Malformed W3C traceparents ignored (this process)",
-                                  value=bad_traceparents())
 
 
 class EdgeMetrics:
@@ -84,7 +72,7 @@ class EdgeMetrics:
                                ["endpoint"], registry=r)
         self.breaker = Gauge("tiersplit_edge_breaker_open", "Breaker open (1) or not",
                              ["endpoint"], registry=r)
-        r.register(_TraceparentCollector())
+        r.register(TraceparentCollector("tiersplit_edge"))
         self.head = Gauge("tiersplit_edge_head_seconds", "Head latency on this device",
                              ["cut"], registry=r)
         self.update_bytes = Counter("tiersplit_edge_update_bytes",
