@@ -14,12 +14,10 @@ import pytest
 
 from partitioner import minilm
 from partitioner.text_corpus import CALIBRATION, EVALUATION
+from tests.realmodels.conftest import INPUTS, SEQ
 
 _REASON = minilm.missing()
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
-
-SEQ = 32
-INPUTS = [f"input_ids:1,seq={SEQ}:int64", f"attention_mask:1,seq={SEQ}:int64"]
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +26,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def torch_bundle(repo: Path) -> Path:
-    from partitioner import partition
-
-    return partition("partitioner.minilm:make", INPUTS, repo, name="minilm", max_cuts=4,
-                     calib_data=minilm.tokenize(CALIBRATION, SEQ),
-                     eval_data=minilm.tokenize(EVALUATION, SEQ), progress=False)
+def torch_bundle(minilm_bundle) -> Path:
+    return minilm_bundle.path
 
 
 @pytest.fixture(scope="module")
