@@ -17,7 +17,9 @@ from partitioner.text_corpus import CALIBRATION, EVALUATION
 from tests.realmodels.conftest import INPUTS, SEQ
 
 _REASON = minilm.missing()
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
+# partitioning the real model takes minutes on a loaded CI machine
+pytestmark = [pytest.mark.skipif(_REASON is not None, reason=_REASON or ""),
+              pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,8 @@ def onnx_bundle(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     onnx.save(load.export(minilm.make(), INPUTS), str(f))
     return partition(f, None, repo, name="minilm-onnx", max_cuts=3,
                      calib_data=minilm.tokenize(CALIBRATION, SEQ),
-                     eval_data=minilm.tokenize(EVALUATION, SEQ), progress=False)
+                     eval_data=minilm.tokenize(EVALUATION, SEQ), progress=False,
+                     device_tails=False)
 
 
 def _reference(sentences: list[str], length: int) -> np.ndarray:
