@@ -2,7 +2,7 @@
 
     python -m bench.transport [--quick] [--bundle BUNDLE_DIR]
 
-Prints four tables:
+Prints five tables:
 
 1. encode + decode cost per MiB for every codec (a ReLU-conv-like activation);
 2. round-trip time and throughput for 64 KiB / 1 MiB / 8 MiB requests over ZeroMQ
@@ -13,7 +13,10 @@ Prints four tables:
 4. bytes on the wire per codec for a real cut activation, with the accuracy each keeps
    (goal: int8+lz4 <= 0.3x raw). With ``--bundle`` (or a ``bundles/*/*/manifest.yaml``
    under the working directory) the activation comes from the bundle's ONNX head and
-   accuracy is also measured through its tail; otherwise a synthetic activation is used.
+   accuracy is also measured through its tail; otherwise a synthetic activation is used;
+5. bytes per cut per codec with the accuracy each keeps, as ``tiersplit partition``
+   records them in the manifest, for the zoo CNNs' interior cuts (goal: <= 0.1x fp32
+   bytes at cosine >= 0.99).
 
 Servers run in a separate process (spawned), as a cloud core would, so the client and the
 server do not share an interpreter lock. Loopback only.
@@ -305,6 +308,53 @@ def cut_bytes(bundle: Path | None, batch: int):  # type: ignore[no-untyped-def]
     return label, raw, rows
 
 
+# ------------------------------------------------- 5. bytes per cut per codec, accuracy
+
+CUT_CODEC_MODELS = ("digits_cnn", "resnet_like", "mobilenet_like")
+
+
+def cut_codecs_section(con, quick: bool) -> None:  # type: ignore[no-untyped-def]
+    """Table 5: each zoo CNN partitioned (no device tails), every interior cut's codecs as
+    the partitioner records them in the manifest: bytes vs fp32 and the accuracy kept at
+    the model output (int8 head -> codec -> fp32 tail vs fp32). Only digits_cnn is
+    trained; the others' accuracy figures come from random weights and random inputs."""
+    from rich.table import Table
+
+    from contract.bundle import Bundle
+    from partitioner import partition
+
+    tmp = Path(tempfile.mkdtemp(prefix="tiersplit-bench-codecs-"))
+    t = Table(title="5. Bytes per cut per codec with accuracy (ratio = encoded / fp32 "
+                    "bytes; worst-sample cosine; ok = keeps the bundle's floor)")
+    for col in ("model", "cut", "fp32 bytes", "codec", "ratio", "worst cosine", "top-1",
+                "encode ms", "floor"):
+        t.add_column(col, justify="left" if col in ("model", "cut", "codec") else "right")
+    goal: list[tuple[str, str, float | None]] = []
+    try:
+        for name in CUT_CODEC_MODELS[:2] if quick else CUT_CODEC_MODELS:
+            path = partition(f"zoo:{name}", None, tmp, progress=True, device_tails=False)
+            m = Bundle.load(path, require_signature=False).manifest
+            for c in m.cuts:
+                if not c.codecs:
+                    continue
+                for k in c.codecs:
+                    t.add_row(name, c.id, f"{c.bytes:,}", k.codec, f"{k.ratio:.3f}",
+                              f"{k.cosine:.4f}", "—" if k.top1 is None else f"{k.top1:.1%}",
+                              f"{k.encode_ms:.3f}", "ok" if k.meets_floor else "—")
+                fit = [k.ratio for k in c.codecs if k.meets_floor]
+                goal.append((name, c.id, min(fit) if fit else None))
+                t.add_section()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    con.print(t)
+    met = sum(1 for *_, r in goal if r is not None and r <= 0.1)
+    con.print("goal <= 0.1x fp32 bytes keeping the floor (mean cosine >= 0.99, top-1 >= "
+              "99%; smallest such codec per cut): "
+              + ", ".join(f"{n} {cid} {'—' if r is None else f'{r:.3f}x'}"
+                          for n, cid, r in goal)
+              + f" ({met}/{len(goal)} cuts meet it)", soft_wrap=True)
+
+
 # ----------------------------------------------------------------------------- main
 
 def main() -> None:
@@ -461,6 +511,8 @@ def main() -> None:
     con.print(t)
     i8 = next(r for r in rows if r[0] == "int8+lz4")
     con.print(f"int8+lz4 = {i8[2]:.3f} x raw ({raw:,} B raw) (goal <= 0.3 x)", soft_wrap=True)
+
+    cut_codecs_section(con, args.quick)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Layout of ``<root>/<name>/<version>/``::
     head-<cut>.int8.onnx head of each cut, quantized
     head-<cut>.onnx      fp32 head (reference / profiling)
     tail-<cut>.onnx      fp32 tail of each cut
+    device-tail-<cut>.int8.onnx  int8 tail of a cut, run on the device when the cloud fails
     profile.json         optional measured profile
 
 The bundle digest (sha256 hex of manifest.yaml bytes) names the exact version in every
@@ -47,6 +48,7 @@ __all__ = [
     "EDGE_CUT",
     "Accuracy",
     "Bundle",
+    "CutCodec",
     "CutSpec",
     "Manifest",
     "QuantSpec",
@@ -98,12 +100,21 @@ class Accuracy(_Frozen):
 
 
 class CutCodec(_Frozen):
-    codec: str            # wire codec spec, e.g. "int8+lz4", "int4c+zstd"
-    ratio: float          # encoded bytes / fp32 bytes, mean over held-back samples
-    cosine: float         # worst-sample cosine of the model output (int8 head -> codec round trip -> fp32 tail) vs the fp32 model
-    top1: float | None = None   # top-1 agreement for classifiers
-    encode_ms: float      # edge encode time per sample (batch 1), median
-    meets_floor: bool
+    """One wire codec measured at one cut on the held-back samples by the partitioner.
+
+    The int8 head's crossing tensors go through the codec's encode/decode round trip and
+    into the fp32 tail; the model outputs are compared with the fp32 model's, so a codec
+    is judged by the accuracy the whole split keeps, not by the tensor's own error.
+    """
+
+    codec: str  # wire codec spec, e.g. "int8+lz4", "int4c+zstd"
+    ratio: float  # encoded bytes / fp32 bytes, mean over held-back samples
+    # worst-sample cosine of the model output (int8 head -> codec round trip -> fp32
+    # tail) vs the fp32 model
+    cosine: float
+    top1: float | None = None  # top-1 agreement with the fp32 model, classifiers only
+    encode_ms: float  # edge encode time per sample (batch 1), median
+    meets_floor: bool  # cosine (and top-1) at or above the bundle's accuracy floor
 
 
 class CutSpec(_Frozen):
@@ -130,7 +141,13 @@ class CutSpec(_Frozen):
     # The rest of the model after this cut, int8 and accuracy-bounded like the heads: a
     # request whose cloud attempt fails finishes from the tensors the head computed.
     device_tail: str | None = None
-    codecs: list[CutCodec] = Field(default_factory=list)  # empty = not measured: the agent's configured codec
+    device_tail_recipe: str | None = None  # how it was quantized (as ``recipe``)
+    device_tail_latency_ms: float | None = None  # batch 1, one thread, as shipped
+    # int8 head -> int8 device tail vs the fp32 model on the held-back samples
+    device_tail_accuracy: Accuracy | None = None
+    # Wire codecs measured at this cut (bytes and the accuracy each keeps); empty = not
+    # measured, and agents use their configured codec.
+    codecs: list[CutCodec] = Field(default_factory=list)
 
     @property
     def is_cloud(self) -> bool:

@@ -187,7 +187,8 @@ def partition(model: Any, input_shapes: Sequence[Any] | None, out_dir: Path | st
               top1_floor: float | None = 0.99, metric: Any = None,
               metric_floor: float | None = None,
               on_cut: Callable[[CutSpec], None] | None = None,
-              on_drop: Callable[[str, str], None] | None = None) -> Path:
+              on_drop: Callable[[str, str], None] | None = None,
+              device_tails: bool = True) -> Path:
     """Partition ``model`` into a verified, accuracy-bounded bundle ``out_dir/name/version``.
 
     Args:
@@ -215,6 +216,7 @@ def partition(model: Any, input_shapes: Sequence[Any] | None, out_dir: Path | st
         quant: static quantization settings (defaults: QDQ, U8S8, per-channel, MinMax).
         on_cut: called with each finished :class:`CutSpec` (the CLI prints rows live).
         on_drop: called with (cut id, reason) for a cut no precision could keep.
+        device_tails: ship an int8 device tail per interior cut (when one keeps the floor).
 
     Returns:
         The published bundle directory.
@@ -331,6 +333,13 @@ def partition(model: Any, input_shapes: Sequence[Any] | None, out_dir: Path | st
                     if on_drop is not None:
                         on_drop(cid, reason)
                     continue
+                # -- device tail and wire codecs of this cut (partitioner.cut_extras) --
+                from partitioner.cut_extras import finish_cut
+
+                spec = finish_cut(spec, files, data.calib, evald, ref_eval, judge, floor,
+                                  classification, quant=quant, device_tails=device_tails,
+                                  tick=lambda d: step(d, 0))
+                # -- end device tail and wire codecs --
             specs.append(spec)
             if on_cut is not None:
                 on_cut(spec)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections import Counter
 
 import httpx
@@ -15,6 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from edge_agent import ConfigError
+from partitioner.zoo import get
 from placement.cascade import confidence
 from tests.edge.cloud_proc import Keyring, start_cloud
 from tests.edge.conftest import base_config
@@ -180,3 +182,70 @@ def test_cascade_answers_confident_inputs_on_the_device(tails_bundle, ring, clou
     for x in xs[:6]:
         assert abroad.infer({INPUT: x}).result(30).path == "device"
     assert received(cloud) == before
+
+
+# ---- a partitioner-made bundle: device tails searched and written by `partition` ----
+
+@pytest.fixture(scope="module")
+def partitioned(tmp_path_factory):
+    """The trained digits CNN partitioned with device tails (the default), signed."""
+    from partitioner import partition
+    from tiersplit.devtools.bundles import load_built, signing_keys
+
+    base = tmp_path_factory.mktemp("partitioned")
+    (base / "keys").mkdir()
+    secret, public = signing_keys(base / "keys")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        path = partition("zoo:digits_cnn", None, base / "repo", signing_key=secret,
+                         progress=False)
+    finally:
+        root.setLevel(level)
+    return load_built(path, base / "repo", secret, public)
+
+
+def test_partitioned_device_tail_finishes_when_the_core_dies_after_the_head(
+        partitioned, ring, tmp_path_factory, make_agent) -> None:
+    """The core is killed while it holds the request (the head already ran on the device):
+    the agent finishes from the cut with the partitioner's int8 device tail, without
+    running the head again or the full model, and answers like the cloud did."""
+    m = partitioned.manifest
+    tails = [c for c in m.cuts if c.device_tail]
+    assert tails and all(c.device_tail == f"device-tail-{c.id}.int8.onnx" for c in tails)
+    cut = tails[0]  # the shallowest: the most work left to the tail
+    core = start_cloud(tmp_path_factory.mktemp("doomed-cloud"), partitioned.root,
+                       partitioned.public_key, ring, m.name, name="doomed",
+                       debug={"tail_delay_ms": 1500})  # holds each request 1.5 s
+    try:
+        agent = make_agent(base_config(
+            partitioned, policy={"seed": 3, "explore_fraction": 0.0, "probe_interval_s": 0.3,
+                                 "fixed_cut": cut.id},
+            codec="int8", runtime={"workers": 2, "warmup_runs": 1, "measure_runs": 3},
+            endpoints=[{"name": "a", "region": "eu", "link": ring.client_link(core.zmq)}]))
+        assert agent.wait_connected(15)
+        assert cut.id in agent.status()["device_tails"]
+        x = {m.inputs[0].name: get("digits_cnn").heldout()[0][:1].astype(np.float32)}
+        served = agent.infer(x, deadline_ms=10000).result(30)
+        assert (served.path, served.cut) == ("remote", cut.id), served.attempts
+        before = dict(agent.runtime.runs)
+        handle = agent.infer(x, deadline_ms=8000)
+        time.sleep(0.5)  # the head ran; the core is sleeping on the request
+        core.kill()
+        res = handle.result(30)
+    finally:
+        core.kill()
+    out = m.outputs[0].name
+    assert (res.path, res.cut, res.fallback) == ("fallback", cut.id, "device_tail"), \
+        res.attempts
+    assert res.attempts and res.attempts[0].outcome in ("timeout", "peer lost"), res.attempts
+    ran = {k: v - before.get(k, 0) for k, v in agent.runtime.runs.items()
+           if v != before.get(k, 0)}
+    assert ran == {cut.id: 1, f"tail:{cut.id}": 1}, ran  # head once, no full model
+    assert "local" not in res.timings
+    _close(res.outputs[out], served.outputs[out])  # the cloud's answer, int8 tail
+    assert res.outputs[out].argmax() == served.outputs[out].argmax()
+    print(f"FALLBACK {cut.id}: head {res.timings['head']:.3f} ms + device tail "
+          f"{res.timings['tail']:.3f} ms; full int8 model {agent.runtime.head_ms['edge']:.3f} "
+          "ms (measured at start)")

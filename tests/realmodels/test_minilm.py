@@ -14,12 +14,12 @@ import pytest
 
 from partitioner import minilm
 from partitioner.text_corpus import CALIBRATION, EVALUATION
+from tests.realmodels.conftest import INPUTS, SEQ
 
 _REASON = minilm.missing()
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
-
-SEQ = 32
-INPUTS = [f"input_ids:1,seq={SEQ}:int64", f"attention_mask:1,seq={SEQ}:int64"]
+# partitioning the real model takes minutes on a loaded CI machine
+pytestmark = [pytest.mark.skipif(_REASON is not None, reason=_REASON or ""),
+              pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +28,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def torch_bundle(repo: Path) -> Path:
-    from partitioner import partition
-
-    return partition("partitioner.minilm:make", INPUTS, repo, name="minilm", max_cuts=4,
-                     calib_data=minilm.tokenize(CALIBRATION, SEQ),
-                     eval_data=minilm.tokenize(EVALUATION, SEQ), progress=False)
+def torch_bundle(minilm_bundle) -> Path:
+    return minilm_bundle.path
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +42,8 @@ def onnx_bundle(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     onnx.save(load.export(minilm.make(), INPUTS), str(f))
     return partition(f, None, repo, name="minilm-onnx", max_cuts=3,
                      calib_data=minilm.tokenize(CALIBRATION, SEQ),
-                     eval_data=minilm.tokenize(EVALUATION, SEQ), progress=False)
+                     eval_data=minilm.tokenize(EVALUATION, SEQ), progress=False,
+                     device_tails=False)
 
 
 def _reference(sentences: list[str], length: int) -> np.ndarray:

@@ -128,6 +128,11 @@ def register(app: typer.Typer) -> None:
         privacy_floor: int = typer.Option(0, "--privacy-floor", min=0, help="Minimum nodes on "
                                           "the edge side of any cut; > 0 drops the 'cloud' "
                                           "cut (raw inputs never leave the edge)."),
+        # -- device tails and wire codecs per cut (partitioner.cut_extras) --
+        device_tails: bool = typer.Option(True, "--device-tails/--no-device-tails",
+                                          help="Ship an int8 device tail per interior cut "
+                                          "(kept only where it meets the accuracy floor): "
+                                          "a failed cloud attempt finishes from the cut."),
     ) -> None:
         """Partition a model into a verified, int8-headed, signed bundle."""
         with clean_errors(*_expected()):
@@ -149,10 +154,15 @@ def register(app: typer.Typer) -> None:
                        eval_data=eval_data, max_cuts=max_cuts, signing_key=signing_key,
                        task=task, privacy_floor=privacy_floor, progress=True,
                        accuracy_floor=accuracy_floor, metric=metric, metric_floor=metric_floor,
-                       on_drop=dropped)
+                       on_drop=dropped, device_tails=device_tails)
             b = Bundle.load(path, require_signature=False)
             m = b.manifest
             _print_table(cuts_table(m, title=f"{m.name} v{m.version} — {path}"))
+            from partitioner.cut_extras import extras_table
+
+            _print_table(extras_table(m, title="device tails and wire codecs per cut "
+                                      "(ok = keeps the accuracy floor)"))
+            # -- end device tails and wire codecs --
             fa = m.full_accuracy
             console.print(f"full int8 model vs fp32: cosine {fa.cosine:.6f}, top-1 "
                           f"{_fmt(fa.top1_agreement, '.1%')}, max |err| {fa.max_abs:.3g}; "

@@ -1,0 +1,79 @@
+"""What the partitioner adds to an interior cut once its head is chosen: the device tail
+(:mod:`partitioner.device_tail`) and the wire codecs the cut allows
+(:mod:`partitioner.codec_accuracy`); and the table that reports both.
+
+Both are measured with the head that ships, on the same held-back samples and against the
+same fp32 reference as the head itself, so every figure in the manifest answers the same
+question: what does the edge's output look like next to the fp32 model's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from contract.bundle import CutSpec, Manifest
+from partitioner.codec_accuracy import best_codec, measure_codecs
+from partitioner.device_tail import Judge, build_device_tail, with_device_tail
+from partitioner.quantize import CalibrationSet, QuantConfig
+from partitioner.recipes import Floor
+
+log = logging.getLogger(__name__)
+
+__all__ = ["extras_table", "finish_cut"]
+
+
+def finish_cut(spec: CutSpec, files: dict[str, onnx.ModelProto], calib: CalibrationSet,
+               eval_inputs: Mapping[str, np.ndarray], reference: Sequence[np.ndarray],
+               judge: Judge, floor: Floor, classification: bool, *,
+               quant: QuantConfig | None = None, device_tails: bool = True,
+               tick: Callable[[str], None] | None = None) -> CutSpec:
+    """``spec`` with its codec table and (when ``device_tails``) its device tail; the
+    tail's model is added to ``files``. Cuts without both a head and a tail pass as they
+    are."""
+    if not (spec.head and spec.tail) or spec.head not in files or spec.tail not in files:
+        return spec
+    head, tail = files[spec.head], files[spec.tail]
+    spec = spec.model_copy(update={"codecs": measure_codecs(
+        head, tail, eval_inputs, reference, floor, classification, tick=tick)})
+    if not device_tails:
+        return spec
+    result = build_device_tail(spec.id, head, tail, calib, eval_inputs, judge, floor,
+                               classification, quant=quant, tick=tick)
+    if result.pick is None:
+        log.warning("cut %s ships no device tail: %s (a failed cloud attempt reruns the "
+                    "full model)", spec.id, result.reason)
+    else:
+        files[result.file] = result.pick.model  # type: ignore[index]
+    return with_device_tail(spec, result)
+
+
+def extras_table(manifest: Manifest, title: str | None = None):
+    """Per interior cut: its device tail and every codec's bytes and accuracy (a rich
+    ``Table``; ``ok`` marks the codecs that keep the bundle's floor)."""
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for col, just in [("cut", "left"), ("device tail", "left"), ("tail ms", "right"),
+                      ("tail cosine", "right"), ("best codec ≤floor: ratio", "left"),
+                      ("codecs: ratio / worst cosine / top-1", "left")]:
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for c in manifest.cuts:
+        if not (c.head and c.tail):
+            continue
+        best = best_codec(c)
+        rows = "\n".join(
+            f"{'ok ' if k.meets_floor else '-- '}{k.codec}: {k.ratio:.3f}x / {k.cosine:.4f}"
+            + ("" if k.top1 is None else f" / {k.top1:.1%}") for k in c.codecs)
+        acc = c.device_tail_accuracy
+        t.add_row(c.id,
+                  f"{c.device_tail_recipe}" if c.device_tail else "none",
+                  "—" if c.device_tail_latency_ms is None else f"{c.device_tail_latency_ms:.2f}",
+                  "—" if acc is None else f"{acc.cosine:.6f}",
+                  "not measured" if not c.codecs else
+                  "none" if best is None else f"{best.codec}: {best.ratio:.3f}x",
+                  rows or "—")
+    return t

@@ -1,0 +1,117 @@
+"""Device tails: the rest of the model after a cut, int8 and accuracy-bounded, for the edge.
+
+When a request's cloud attempt fails after its head ran, the agent finishes it from the
+tensors the head already computed instead of rerunning the whole model: the device tail
+of that cut. It is made like the heads: every int8 recipe of :func:`partitioner.recipes.search`
+is tried on the fp32 tail, calibrated on what the shipped int8 head outputs for the
+calibration inputs (the tail sees exactly those on the device), and judged end to end on
+the held-back inputs: int8 head -> int8 device tail vs the fp32 full model, against the
+bundle's floor. Only an int8 tail ships (an fp32 tail would not be cheaper than the int8
+full model the agent already has); when no int8 recipe keeps the floor the cut ships no
+device tail and the agent falls back to the full model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from contract.bundle import Accuracy, CutSpec
+from partitioner import ortutil
+from partitioner.quantize import CalibrationSet, QuantConfig
+from partitioner.recipes import Candidate, Floor, search
+from partitioner.split import Comparison
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DeviceTail", "build_device_tail", "device_tail_file", "tail_feeds",
+           "with_device_tail"]
+
+Judge = Callable[[list[np.ndarray]], tuple[Comparison, float | None]]
+
+
+def device_tail_file(cut_id: str) -> str:
+    """The bundle file name of a cut's device tail."""
+    return f"device-tail-{cut_id}.int8.onnx"
+
+
+@dataclass(frozen=True)
+class DeviceTail:
+    """The outcome for one cut: the shipped tail, or why there is none."""
+
+    cut_id: str
+    pick: Candidate | None
+    tried: int
+    fp32_ms: float
+    reason: str = ""
+
+    @property
+    def file(self) -> str | None:
+        return device_tail_file(self.cut_id) if self.pick is not None else None
+
+
+def tail_feeds(head: onnx.ModelProto, tail: onnx.ModelProto,
+               inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The tail's inputs for ``inputs``: the head's outputs (and any model input the
+    tail reads directly), by name."""
+    hs = ortutil.session(head)
+    names = [o.name for o in hs.get_outputs()]
+    mids = dict(zip(names, hs.run(names, {i.name: inputs[i.name] for i in hs.get_inputs()}),
+                    strict=True))
+    wanted = [i.name for i in tail.graph.input
+              if i.name not in {w.name for w in tail.graph.initializer}]
+    return {n: mids[n] if n in mids else inputs[n] for n in wanted}
+
+
+def build_device_tail(cut_id: str, head_int8: onnx.ModelProto, tail: onnx.ModelProto,
+                      calib: CalibrationSet, eval_inputs: Mapping[str, np.ndarray],
+                      judge: Judge, floor: Floor, classification: bool, *,
+                      quant: QuantConfig | None = None,
+                      tick: Callable[[str], None] | None = None) -> DeviceTail:
+    """Search an int8 device tail for one cut.
+
+    Args:
+        head_int8: the head that ships for this cut (its outputs calibrate the tail).
+        tail: the fp32 tail.
+        calib / eval_inputs: the bundle's calibration set and held-back model inputs.
+        judge: model outputs on ``eval_inputs`` -> (comparison vs fp32, user metric).
+
+    Returns:
+        The fastest int8 tail meeting the floor, or none with the reason.
+    """
+    calib_t = CalibrationSet(tail_feeds(head_int8, tail, calib.arrays))
+    eval_t = tail_feeds(head_int8, tail, eval_inputs)
+
+    def evaluate(model: onnx.ModelProto) -> tuple[Comparison, float | None]:
+        return judge(ortutil.session(model).run(None, eval_t))
+
+    _chosen, tried, fp32_ms = search(tail, evaluate, calib_t, eval_t, floor, classification,
+                                     quant=quant, what=f"device tail of cut {cut_id}",
+                                     tick=tick)
+    int8 = [c for c in tried if c.meets and c.recipe != "fp32"]
+    if not int8:
+        best = max((c.comparison.cosine for c in tried if c.recipe != "fp32"), default=None)
+        reason = ("no int8 recipe applies" if best is None else
+                  f"no int8 tail meets the floor (best cosine {best:.4f} < {floor.cosine})")
+        log.info("cut %s ships no device tail: %s", cut_id, reason)
+        return DeviceTail(cut_id, None, len(tried), fp32_ms, reason)
+    pick = min(int8, key=lambda c: c.latency_ms)
+    return DeviceTail(cut_id, pick, len(tried), fp32_ms)
+
+
+def with_device_tail(spec: CutSpec, result: DeviceTail) -> CutSpec:
+    """``spec`` naming its device tail and recording how it was made."""
+    if result.pick is None:
+        return spec.model_copy(update={"device_tail": None})
+    c = result.pick.comparison
+    return spec.model_copy(update={
+        "device_tail": result.file,
+        "device_tail_recipe": result.pick.recipe,
+        "device_tail_latency_ms": round(result.pick.latency_ms, 4),
+        "device_tail_accuracy": Accuracy(max_abs=c.max_abs, mean_abs=c.mean_abs,
+                                         cosine=c.cosine, top1_agreement=c.top1_agreement,
+                                         samples=c.samples, metric=result.pick.metric)})
