@@ -7,8 +7,8 @@ Spec strings (chosen per request, recorded per tensor in the wire header)::
     base        raw     the array's own dtype, bytes as they are (zero-copy)
                 fp16    float tensors cast to float16 (decoded back to float32)
                 int8    affine uint8 per tensor: x ~ scale * q + low, one (scale, low)
-                int8c   affine uint8 per channel (axis 1 for 4-D NCHW, else the last
-                        axis); the per-channel scales/lows travel in front of the data
+                int8c   affine uint8 per channel (axis 1 for 4-D NCHW, 0 for 2-D [N, C], else
+                        the last axis); the scales/lows travel in front of the data
                 int4c   the same with 4-bit levels, two to a byte
                 int2c   the same with 2-bit levels, four to a byte
     compressor  lz4     LZ4 block, declared decompressed size checked before allocation
@@ -90,8 +90,15 @@ def parse_spec(spec: str) -> CodecSpec:
 
 
 def int8c_axis(ndim: int) -> int:
-    """Channel axis for per-channel int8: 1 for 4-D NCHW activations, else the last."""
-    return 1 if ndim == 4 else ndim - 1
+    """Channel axis of the per-channel bases: 1 for 4-D NCHW activations, 0 (one range per
+    sample) for 2-D ``[N, C]`` vectors, else the last (hidden size of ``[N, S, H]``).
+
+    A flattened or pooled cut ``[1, C]`` split along C would carry 8 bytes of scale and
+    low per value, more than the value itself; one range per sample costs 8 bytes in all.
+    """
+    if ndim == 4:
+        return 1
+    return 0 if ndim <= 2 else ndim - 1
 
 
 def _finite(x: np.ndarray) -> np.ndarray:

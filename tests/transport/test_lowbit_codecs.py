@@ -44,11 +44,21 @@ def test_fewer_bits_fewer_bytes() -> None:
 
 
 def test_odd_counts_pad_the_last_byte() -> None:
-    x = np.arange(7, dtype=np.float32).reshape(1, 7)
+    x = np.arange(7, dtype=np.float32).reshape(1, 1, 7)
     for base, bits in (("int4c", 4), ("int2c", 2)):
         y, n = _roundtrip(x, base)
         assert n == 8 * 7 + -(-7 * bits // 8)
         np.testing.assert_allclose(y, x, atol=1e-5)  # one value per channel: exact
+
+
+def test_a_flat_vector_carries_one_range_per_sample() -> None:
+    # A pooled / flattened cut [N, C]: per value scales would outweigh the values.
+    x = np.random.default_rng(3).random((2, 512), dtype=np.float32)
+    for base, bits in (("int8c", 8), ("int4c", 4), ("int2c", 2)):
+        y, n = _roundtrip(x, base)
+        assert n == 8 * 2 + x.size * bits // 8
+        step = (x.max(axis=1, keepdims=True) - x.min(axis=1, keepdims=True)) / ((1 << bits) - 1)
+        assert np.all(np.abs(x - y) <= step / 2 + 1e-5)
 
 
 def test_non_finite_values_do_not_poison_the_scale() -> None:
