@@ -51,6 +51,7 @@ class Prober:
 
     def stop(self, join_s: float = 5.0) -> None:
         self._stop.set()
+        self._estimates.suspect.set()  # wakes the loops
         for t in self._threads:
             t.join(timeout=join_s)
 
@@ -62,7 +63,9 @@ class Prober:
                     self.probe(ep)
             except Exception:  # a probe must never kill its thread
                 log.exception("probe of %s failed unexpectedly", ep.name)
-            self._stop.wait(self._interval * (0.75 + 0.5 * rng.random()))
+            # a request's suspicious bandwidth sample wakes the probe early
+            self._estimates.suspect.wait(self._interval * (0.75 + 0.5 * rng.random()))
+            self._estimates.suspect.clear()
 
     def probe(self, ep: Endpoint) -> None:
         """An empty ping (RTT) then, if configured, a padded one (bandwidth); a padded
@@ -75,6 +78,8 @@ class Prober:
             payload = payloads.pop(0)
             if not ep.claim_idle_send():  # a request now in flight must not count as solo
                 return
+            # in flight like a request: a slow probe is evidence for decisions meanwhile
+            token = self._estimates.begin_transfer(ep.name, payload)
             try:
                 res = ep.link.ping(payload_bytes=payload, timeout=self._timeout)
             except TransportError as e:
@@ -82,6 +87,8 @@ class Prober:
                 with ep.lock:
                     ep.last_error = f"ping: {e.reason}"
                 return
+            finally:
+                self._estimates.end_transfer(token)
             ep.breaker.probe_ok()
             queue = res.load.queue_ms if res.load is not None else None
             self._estimates.observe_ping(ep.name, payload, res.rtt_ms, queue)
