@@ -318,6 +318,12 @@ class Estimates:
             st = self.clouds.get(endpoint)
             return 0 if st is None else getattr(st.link.s_per_B, "pending", 0)
 
+    def rtt_pending(self, endpoint: str) -> int:
+        """RTT samples of ``endpoint`` held back as out of band (0: none, or latest)."""
+        with self.lock:
+            st = self.clouds.get(endpoint)
+            return 0 if st is None else getattr(st.link.rtt, "pending", 0)
+
     def link_estimate(self, endpoint: str) -> LinkEstimate:
         """``endpoint``'s link for a decision now: the filtered estimate, capped by what
         overdue transfers in flight already prove."""

@@ -27,7 +27,10 @@ class Prober:
     Args:
         endpoints: the endpoints to probe.
         estimates: where RTT, bandwidth and queue samples go.
-        interval_s: mean seconds between probes of one endpoint (jittered +-25%).
+        interval_s: mean seconds between probes of one endpoint (jittered +-25%); a
+            quarter of it while no request used the link since the last probe (the agent
+            runs on the device: only probes can see the link come back, and they delay
+            nobody).
         timeout_s: how long one ping may take.
         padded: also send a padded ping (bandwidth) after the empty one.
     """
@@ -63,8 +66,12 @@ class Prober:
                     self.probe(ep)
             except Exception:  # a probe must never kill its thread
                 log.exception("probe of %s failed unexpectedly", ep.name)
+            sends = ep.sends
+            wait = self._interval * (0.75 + 0.5 * rng.random())
             # a request's suspicious bandwidth sample wakes the probe early
-            self._estimates.suspect.wait(self._interval * (0.75 + 0.5 * rng.random()))
+            self._estimates.suspect.wait(wait / 4)
+            if ep.sends != sends and not self._estimates.suspect.is_set():
+                self._estimates.suspect.wait(wait * 3 / 4)  # requests use the link
             self._estimates.suspect.clear()
 
     def probe(self, ep: Endpoint) -> None:
@@ -73,7 +80,7 @@ class Prober:
         second one, so a change seen by a probe is confirmed (or refuted) now rather than
         a probe interval later."""
         payloads = [0, self._estimates.probe_bytes(ep.name)]
-        confirm = True  # at most one confirmation ping per probe
+        confirm = confirm_rtt = True  # at most one confirmation ping of each kind
         while payloads:
             payload = payloads.pop(0)
             if not ep.claim_idle_send():  # a request now in flight must not count as solo
@@ -92,6 +99,10 @@ class Prober:
             ep.breaker.probe_ok()
             queue = res.load.queue_ms if res.load is not None else None
             self._estimates.observe_ping(ep.name, payload, res.rtt_ms, queue)
+            if payload == 0 and confirm_rtt and self._estimates.rtt_pending(ep.name):
+                confirm_rtt = False  # an RTT change is confirmed (or refuted) now, too
+                payloads.insert(0, 0)
+                continue
             if payload == 0 and not self._padded:
                 return
             if payload and confirm and self._estimates.link_pending(ep.name):
