@@ -10,10 +10,12 @@ knows the transfers in flight: one that has taken ``policy.overdue_factor`` time
 prediction already bounds the bandwidth before its reply arrives.
 
 Timings on a busy device carry scheduling noise (a thread waiting for a core adds
-milliseconds to a transfer that took one). :class:`TimingNoise` measures it from how far
-empty pings stray from the RTT estimate, and every timing-based filter widens its band by
-that much: noise of the size the pings show is never taken for a change of the link (nor
-of the device), while a change larger than it still is, after the same two samples.
+milliseconds to a transfer that took one). :class:`TimingNoise` measures it as how late
+the agent's own timed waits wake up (no link in it: a jittery link is the link's
+business, and a changing RTT is news), and every timing-based filter widens its band
+above the estimate by that much: delays of that size are never taken for a change of
+the link (nor of the device), while a change larger than them still is, after the same
+two samples.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ _NOISE_FLOOR_MS = 1.0
 #: After an OVERLOADED reply, pongs do not lower that endpoint's queue estimate for this
 #: long; real replies (exploration) still do, so a recovered cloud is found again.
 OVERLOAD_HOLD_S = 10.0
-#: The timing noise is this many times the median deviation of recent pings: a tail bound
-#: for one-sided scheduling delays (most pings are on time, a few are late by a lot).
+#: The timing noise is this many times the median lateness of recent timed waits: a
+#: timing passes through several threads (sender, I/O loop, waiter), each may be late,
+#: and most wake-ups are on time while a few are late by a lot.
 _NOISE_SPREAD = 3.0
 _NOISE_WINDOW = 15
 #: A bandwidth probe lasts at least this many times the timing noise.
@@ -54,25 +57,28 @@ _PROBE_NOISE_TIMES = 6.0
 class TimingNoise:
     """The scheduling noise in this agent's timings now, in milliseconds.
 
-    Fed with each empty ping's deviation from the RTT estimate (a ping carries no payload
-    and no compute: what varies is the link's jitter and the threads' waiting), it is
-    ``_NOISE_SPREAD`` times their median over the last ``_NOISE_WINDOW`` pings, never
-    below the 1 ms timing floor. A loaded CPU raises it within a few pings; it falls back
-    as the load goes.
+    Fed with how late a timed wait of one of the agent's threads woke up (the probe
+    threads time their pauses), it is ``_NOISE_SPREAD`` times the median lateness over
+    the last ``_NOISE_WINDOW`` waits, never below the 1 ms timing floor. A loaded CPU
+    raises it within a few waits; it falls back as the load goes.
     """
 
     def __init__(self) -> None:
-        self._dev: deque[float] = deque(maxlen=_NOISE_WINDOW)
+        self._late: deque[float] = deque(maxlen=_NOISE_WINDOW)
+        self._lock = threading.Lock()
 
-    def observe(self, deviation_ms: float) -> None:
-        if math.isfinite(deviation_ms):
-            self._dev.append(abs(deviation_ms))
+    def observe(self, late_ms: float) -> None:
+        """One timed wait woke ``late_ms`` after it was due."""
+        if math.isfinite(late_ms):
+            with self._lock:
+                self._late.append(max(late_ms, 0.0))
 
     @property
     def ms(self) -> float:
-        if len(self._dev) < 3:
-            return _NOISE_FLOOR_MS
-        return max(_NOISE_FLOOR_MS, _NOISE_SPREAD * statistics.median(self._dev))
+        with self._lock:
+            if len(self._late) < 3:
+                return _NOISE_FLOOR_MS
+            return max(_NOISE_FLOOR_MS, _NOISE_SPREAD * statistics.median(self._late))
 
 
 def make_filter(cfg: PolicyConfig, initial: float | None = None,
@@ -127,8 +133,6 @@ class LinkEstimator:
         return LinkEstimate(up_Bps=up, down_Bps=up, rtt_ms=self.rtt_ms)
 
     def observe_rtt(self, rtt_ms: float) -> None:
-        if self.rtt.count > 0 and self.rtt.value is not None:
-            self.noise.observe(rtt_ms - self.rtt.value)
         self.rtt.update(rtt_ms, self.noise.ms)
         self.samples += 1
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Iterable
 
 from edge_agent.endpoints import Endpoint
@@ -69,10 +70,17 @@ class Prober:
             sends = ep.sends
             wait = self._interval * (0.75 + 0.5 * rng.random())
             # a request's suspicious bandwidth sample wakes the probe early
-            self._estimates.suspect.wait(wait / 4)
+            self._pause(wait / 4)
             if ep.sends != sends and not self._estimates.suspect.is_set():
-                self._estimates.suspect.wait(wait * 3 / 4)  # requests use the link
+                self._pause(wait * 3 / 4)  # requests use the link
             self._estimates.suspect.clear()
+
+    def _pause(self, seconds: float) -> None:
+        """Wait (woken early by a suspicion); how late a timed-out wait wakes is the
+        scheduling noise the estimates allow for."""
+        t0 = time.monotonic()
+        if not self._estimates.suspect.wait(seconds):
+            self._estimates.noise.observe((time.monotonic() - t0 - seconds) * 1e3)
 
     def probe(self, ep: Endpoint) -> None:
         """An empty ping (RTT) then, if configured, a padded one (bandwidth); a padded

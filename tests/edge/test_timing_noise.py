@@ -4,6 +4,8 @@ a held-back sample wakes the probes."""
 
 from __future__ import annotations
 
+import pytest
+
 from edge_agent.config import PolicyConfig
 from edge_agent.cuts import CutInfo
 from edge_agent.estimators import Estimates, LinkEstimator, TimingNoise
@@ -30,23 +32,26 @@ def test_a_per_sample_floor_widens_the_band() -> None:
     assert f.changes == 1 and f.value == 125.0
 
 
-def test_timing_noise_follows_the_pings() -> None:
+def test_timing_noise_is_how_late_waits_wake_and_late_pings_are_no_change() -> None:
     noise = TimingNoise()
     assert noise.ms == 1.0
     link = LinkEstimator(PolicyConfig(initial_rtt_ms=5.0), noise)
     for _ in range(8):
         link.observe_rtt(5.0)
-    assert noise.ms == 1.0
     quiet_probe = link.probe_bytes(1 << 20)
-    late = (5.0, 15.0, 25.0, 5.0, 20.0, 30.0, 5.0, 25.0, 15.0, 30.0)  # a loaded CPU
-    for rtt in late:  # the noise is learnt within these pings
+    for late in (0.1, 6.0, 9.0, 0.2, 7.0, 12.0, 8.0):  # a loaded CPU wakes threads late
+        noise.observe(late)
+    assert noise.ms == pytest.approx(3 * 7.0)
+    for rtt in (5.0, 15.0, 25.0, 5.0, 20.0, 24.0, 5.0):  # pings late by that much
         link.observe_rtt(rtt)
-    assert noise.ms > 10.0
-    changes = link.rtt.changes
-    for rtt in late:
-        link.observe_rtt(rtt)
-    assert link.rtt.changes == changes  # late pings of that size are no new RTT
+    assert link.rtt.changes == 0  # smoothed in, not a new level
     assert link.probe_bytes(1 << 20) > 2 * quiet_probe  # probes outlast the noise
+    link.observe_rtt(2.0)  # noise never makes anything faster: a faster link is seen
+    link.observe_rtt(2.0)
+    assert link.rtt.changes == 1 and link.rtt_ms == 2.0
+    for rtt in (120.0, 130.0):  # and a change larger than the noise still is
+        link.observe_rtt(rtt)
+    assert link.rtt.changes == 2 and link.rtt_ms == 125.0
 
 
 def test_a_request_that_shared_the_link_with_a_probe_is_no_sample() -> None:
