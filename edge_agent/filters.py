@@ -76,22 +76,23 @@ class RobustEwma:
 
     def side(self, sample: float, floor: float | None = None) -> int:
         """+1 above the band, -1 below it, 0 inside (0 before a first sample); ``floor``
-        overrides the band's absolute slack above the estimate for this sample. Below it
-        the configured floor stays: noise only ever delays, so a sample much faster than
-        the estimate is news however noisy the timings are."""
+        overrides the band's absolute slack for this sample. The slack is the same both
+        ways: the estimate carries the noise the requests meet too, so a sample below it
+        by that much is no news either, and an estimate that followed fast samples
+        sooner than slow ones would be biased towards an optimistic link."""
         if self.value is None or self.count == 0:
             return 0
         slack = self.floor if floor is None else floor
         if sample > self.value * self.band + slack:
             return 1
-        if sample < self.value / self.band - self.floor:
+        if sample < self.value / self.band - slack:
             return -1
         return 0
 
     def update(self, sample: float, floor: float | None = None) -> float:
         """Take one sample; ``floor`` (the sample's unit) is the timing noise it may carry,
-        when that is known per sample (it widens the band above the estimate and the
-        one-level test, so a delay of that size is never taken for a change)."""
+        when that is known per sample (it widens the band and the one-level test, so a
+        delay of that size is never taken for a change)."""
         if not math.isfinite(sample):
             return self.value if self.value is not None else sample
         slack = self.floor if floor is None else max(floor, self.floor)
