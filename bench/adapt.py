@@ -25,6 +25,11 @@ every trace, and policy p99 below the latest-sample rule's.
 The device is emulated at ``--edge-gmacs`` GMAC/s (ORT runs padded by sleeping), as in
 ``tiersplit demo``: the host is far faster than an edge device. ``--quick`` replays a
 window of each trace (centred on its largest uplink step) with three cuts.
+
+The cascade section (``--no-cascade`` skips it) tunes the device cascade of the trained
+digits CNN on one half of its held-out digits for ``--cascade-target`` agreement with the
+fp32 model and reports, on the other half, the share the device answers alone and their
+agreement. Goal: >= 50% local at >= 99% agreement.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 CUT_PARAM = "tiersplit_cut"
 GAP_S = 0.05  # an application's pause after each answer, the same for every agent
 GOAL_MEAN = 1.10
+GOAL_LOCAL, GOAL_AGREEMENT = 0.5, 0.99
 log = logging.getLogger(__name__)
 console = Console(width=None if sys.stdout.isatty() else 140)
 
@@ -457,6 +463,55 @@ def plot(path: Path, name: str, trace: Trace, agents: list[Agent], fig: dict[str
     plt.close(f)
 
 
+# ----------------------------------------------------------------------------- cascade
+def cascade_figures(workdir: Path, work: Path, target: float) -> dict[str, Any]:
+    """Tune the digits CNN's cascade on half its held-out digits, check it on the other.
+
+    The held-out split never trained the model nor calibrated its int8 version; which
+    digit lands in which half is a seeded shuffle."""
+    from partitioner import zoo
+    from tiersplit.cascade_tuning import run_models, tune_bundle
+
+    bdir, pub, _ = _bundle("digits_cnn", workdir)
+    b = Bundle.load(bdir, keys.load_ed25519_public(pub))
+    x, _ = zoo.get("digits_cnn").heldout()
+    order = np.random.default_rng(0).permutation(len(x))
+    half = len(x) // 2
+    name = b.manifest.inputs[0].name
+    tune_path = work / "cascade-tune.npz"
+    np.savez(tune_path, **{name: x[order[:half]]})
+    run = tune_bundle(b, tune_path, target=target)
+    check = {name: np.ascontiguousarray(x[order[half:]], dtype=np.float32)}
+    int8, fp32 = run_models(b, check)
+    from placement.cascade import confidence
+
+    local = confidence(int8) >= run.chosen.threshold
+    agree = int8.argmax(-1) == fp32.argmax(-1)
+    return {"threshold": run.chosen.threshold, "target": target,
+            "tuned_share": run.chosen.local_share, "tuned_agreement": run.chosen.achieved,
+            "tuned_samples": run.samples, "check_samples": len(local),
+            "check_share": float(local.mean()),
+            "check_agreement": float(agree[local].mean()) if local.any() else 1.0,
+            "int8_agreement": float(agree.mean())}
+
+
+def print_cascade(c: dict[str, Any]) -> None:
+    t = Table(title=f"device cascade, digits_cnn (tuned for {c['target']:.0%} agreement with "
+                    f"fp32 on {c['tuned_samples']} held-out digits, checked on "
+                    f"{c['check_samples']} others)", title_justify="left")
+    for col in ("split", "threshold", "answered locally", "agreement (local)",
+                f">= {GOAL_LOCAL:.0%} local", f">= {GOAL_AGREEMENT:.0%} agreement"):
+        t.add_column(col, justify="right")
+    t.add_row("tuning", f"{c['threshold']:.4f}", f"{c['tuned_share']:.1%}",
+              f"{c['tuned_agreement']:.2%}", "", "")
+    t.add_row("held-back", f"{c['threshold']:.4f}", f"{c['check_share']:.1%}",
+              f"{c['check_agreement']:.2%}", _yes(c["check_share"] >= GOAL_LOCAL),
+              _yes(c["check_agreement"] >= GOAL_AGREEMENT))
+    t.caption = (f"on the held-back half the int8 model agrees with fp32 on "
+                 f"{c['int8_agreement']:.2%} of all digits")
+    console.print(t)
+
+
 # ----------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -479,6 +534,10 @@ def main() -> None:
                     help="seconds the agents run on the first row before the trace starts")
     ap.add_argument("--plot", type=Path, help="write <trace>.png latency plots here")
     ap.add_argument("--json", type=Path, help="write the figures to this file")
+    ap.add_argument("--no-cascade", action="store_true",
+                    help="skip the digits cascade section")
+    ap.add_argument("--cascade-target", type=float, default=GOAL_AGREEMENT,
+                    help="agreement the cascade threshold is tuned for")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     window = args.window or (20.0 if args.quick else 0.0)
@@ -530,6 +589,11 @@ def main() -> None:
                     plot(out, tr.name, tr, agents, fig)
                     console.print(f"plot: {out}")
         print_goals(results, has_latest)
+        if not args.no_cascade:
+            with console.status("tuning the digits cascade on held-out digits ..."):
+                casc = cascade_figures(Path(args.workdir), work, args.cascade_target)
+            print_cascade(casc)
+            results["cascade"] = casc
         if args.json:
             args.json.write_text(json.dumps(results, indent=2, default=str))
     finally:

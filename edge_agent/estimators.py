@@ -8,14 +8,24 @@ it predicts nothing (the policy does), but it fills gaps from what it has (an un
 head scaled from the full model by MACs, an unmeasured tail from another cut's), and it
 knows the transfers in flight: one that has taken ``policy.overdue_factor`` times its
 prediction already bounds the bandwidth before its reply arrives.
+
+Timings on a busy device carry scheduling noise (a thread waiting for a core adds
+milliseconds to a transfer that took one). :class:`TimingNoise` measures it as how late
+the agent's own timed waits wake up (no link in it: a jittery link is the link's
+business, and a changing RTT is news), and every timing-based filter widens its band
+above the estimate by that much: delays of that size are never taken for a change of
+the link (nor of the device), while a change larger than them still is, after the same
+two samples.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +37,7 @@ from edge_agent.filters import Filter, LatestSample, RobustEwma
 from placement import LinkEstimate
 
 __all__ = ["OVERLOAD_HOLD_S", "CloudEstimator", "Estimates", "LinkEstimator", "RobustEwma",
-           "make_filter"]
+           "TimingNoise", "make_filter"]
 
 # A transfer shorter than this is below the timing noise: it only bounds bandwidth from
 # below (the link is at least this fast), it does not measure it.
@@ -35,6 +45,40 @@ _NOISE_FLOOR_MS = 1.0
 #: After an OVERLOADED reply, pongs do not lower that endpoint's queue estimate for this
 #: long; real replies (exploration) still do, so a recovered cloud is found again.
 OVERLOAD_HOLD_S = 10.0
+#: The timing noise is this many times the median lateness of recent timed waits: a
+#: timing passes through several threads (sender, I/O loop, waiter), each may be late,
+#: and most wake-ups are on time while a few are late by a lot.
+_NOISE_SPREAD = 3.0
+_NOISE_WINDOW = 15
+#: A bandwidth probe lasts at least this many times the timing noise.
+_PROBE_NOISE_TIMES = 6.0
+
+
+class TimingNoise:
+    """The scheduling noise in this agent's timings now, in milliseconds.
+
+    Fed with how late a timed wait of one of the agent's threads woke up (the probe
+    threads time their pauses), it is ``_NOISE_SPREAD`` times the median lateness over
+    the last ``_NOISE_WINDOW`` waits, never below the 1 ms timing floor. A loaded CPU
+    raises it within a few waits; it falls back as the load goes.
+    """
+
+    def __init__(self) -> None:
+        self._late: deque[float] = deque(maxlen=_NOISE_WINDOW)
+        self._lock = threading.Lock()
+
+    def observe(self, late_ms: float) -> None:
+        """One timed wait woke ``late_ms`` after it was due."""
+        if math.isfinite(late_ms):
+            with self._lock:
+                self._late.append(max(late_ms, 0.0))
+
+    @property
+    def ms(self) -> float:
+        with self._lock:
+            if len(self._late) < 3:
+                return _NOISE_FLOOR_MS
+            return max(_NOISE_FLOOR_MS, _NOISE_SPREAD * statistics.median(self._late))
 
 
 def make_filter(cfg: PolicyConfig, initial: float | None = None,
@@ -58,9 +102,10 @@ class LinkEstimator:
     unless measured: replies are small next to cut activations.
     """
 
-    def __init__(self, cfg: PolicyConfig) -> None:
+    def __init__(self, cfg: PolicyConfig, noise: TimingNoise | None = None) -> None:
         self.rtt = make_filter(cfg, cfg.initial_rtt_ms, floor=_NOISE_FLOOR_MS)
         self.s_per_B = make_filter(cfg, 1.0 / cfg.initial_up_Bps)
+        self.noise = noise or TimingNoise()
         self.samples = 0
 
     @property
@@ -88,8 +133,12 @@ class LinkEstimator:
         return LinkEstimate(up_Bps=up, down_Bps=up, rtt_ms=self.rtt_ms)
 
     def observe_rtt(self, rtt_ms: float) -> None:
-        self.rtt.update(rtt_ms)
+        self.rtt.update(rtt_ms, self.noise.ms)
         self.samples += 1
+
+    def _observe_spb(self, spb: float, up_bytes: int) -> None:
+        """A seconds-per-byte sample whose timing carries the current noise."""
+        self.s_per_B.update(spb, self.noise.ms / 1e3 / up_bytes)
 
     def observe_transfer(self, up_bytes: int, down_bytes: int, network_ms: float) -> None:
         """One transfer of ``up_bytes`` (and ``down_bytes`` back) took ``network_ms``."""
@@ -100,13 +149,13 @@ class LinkEstimator:
         down_ms = down_bytes / self.up_Bps * 1e3
         transfer_ms = network_ms - self.rtt_ms - down_ms
         if transfer_ms >= _NOISE_FLOOR_MS:
-            self.s_per_B.update(transfer_ms / 1e3 / up_bytes)
+            self._observe_spb(transfer_ms / 1e3 / up_bytes, up_bytes)
             return
         # Too short to time: the link is at least this fast. Raise a stale low estimate
         # (bandwidth came back) but never lower one from a sample this noisy.
         upper_spb = _NOISE_FLOOR_MS / 1e3 / up_bytes
         if upper_spb < self.s_per_B.get(math.inf):
-            self.s_per_B.update(upper_spb)
+            self._observe_spb(upper_spb, up_bytes)
 
     def observe_shared_transfer(self, up_bytes: int, ahead_bytes: int, down_bytes: int,
                                 network_ms: float) -> None:
@@ -127,13 +176,16 @@ class LinkEstimator:
         slowest = transfer_ms / 1e3 / up_bytes
         spb = 1.0 / self.up_Bps
         if spb < fastest:
-            self.s_per_B.update(fastest)
+            self._observe_spb(fastest, up_bytes)
         elif spb > slowest:
-            self.s_per_B.update(slowest)
+            self._observe_spb(slowest, up_bytes)
 
     def probe_bytes(self, max_bytes: int) -> int:
-        """A probe payload that takes ~40 ms at the current estimate (4 KiB..max)."""
-        return int(min(max(self.up_Bps * 0.04, 4096), max_bytes)) if max_bytes else 0
+        """A probe payload that takes ~40 ms at the current estimate (4 KiB..max), longer
+        on a noisy device: a change is only seen in a transfer that lasts several times
+        the timing noise (a 10x faster link saves 90% of it, the noise may hide the rest)."""
+        seconds = max(0.04, _PROBE_NOISE_TIMES * self.noise.ms / 1e3)
+        return int(min(max(self.up_Bps * seconds, 4096), max_bytes)) if max_bytes else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +232,10 @@ class Estimates:
         self.lock = threading.RLock()
         self._clock = clock
         self.cuts = {c.cut_id: c for c in cuts}
-        self.clouds = {name: CloudEstimator(queue=self._ms(0.0), link=LinkEstimator(cfg))
+        #: scheduling noise of this agent's timings (one device, so one for all links)
+        self.noise = TimingNoise()
+        self.clouds = {name: CloudEstimator(queue=self._ms(0.0),
+                                            link=LinkEstimator(cfg, self.noise))
                        for name in endpoints}
         self._head = {c.cut_id: self._ms() for c in cuts}
         self._wire = {c.cut_id: make_filter(cfg) for c in cuts}
@@ -188,6 +243,13 @@ class Estimates:
         self.last_seen = dict.fromkeys(self.cuts, -math.inf)
         self._flying: dict[int, _Transfer] = {}
         self._ids = itertools.count()
+        # transfers that overlapped another to the same endpoint (a request sent while a
+        # probe was on the link, or the probe itself): their timing is no sample
+        self._shared: set[int] = set()
+        self._ended = threading.local()  # per thread: whether its last transfer was shared
+        #: set when a request's bandwidth sample was held back as out of band: the probes
+        #: check it now (a second sample confirms or refutes it) instead of an interval on
+        self.suspect = threading.Event()
 
     def _ms(self, initial: float | None = None) -> Filter:
         """A filter for a time in milliseconds (timing noise is the band's slack)."""
@@ -206,13 +268,26 @@ class Estimates:
             link = st.link
             cloud_ms = st.queue.get(0.0)
             expected = link.rtt_ms + nbytes / link.up_Bps * 1e3 + cloud_ms
+            others = [k for k, t in self._flying.items() if t.endpoint == endpoint]
+            if others:
+                self._shared.update((*others, token))
             self._flying[token] = _Transfer(endpoint, nbytes, self._clock(), expected,
                                             cloud_ms)
             return token
 
     def end_transfer(self, token: int) -> None:
+        """The transfer is over; the same thread's next ``observe_reply`` or
+        ``observe_ping`` learns from it whether it shared the link."""
         with self.lock:
             self._flying.pop(token, None)
+            self._ended.shared = token in self._shared
+            self._shared.discard(token)
+
+    def _last_shared(self) -> bool:
+        """Whether this thread's last ended transfer overlapped another (read once)."""
+        shared = getattr(self._ended, "shared", False)
+        self._ended.shared = False
+        return shared
 
     def overdue_cap(self, endpoint: str) -> float | None:
         """The bandwidth bound (bytes/s) the overdue transfers to ``endpoint`` prove.
@@ -231,9 +306,10 @@ class Estimates:
                 if t.endpoint != endpoint:
                     continue
                 elapsed = (now - t.started) * 1e3
-                if elapsed <= self.cfg.overdue_factor * t.expected_ms:
+                if elapsed <= self.cfg.overdue_factor * t.expected_ms + self.noise.ms:
                     continue
-                transfer_ms = elapsed - st.link.rtt_ms - t.cloud_ms
+                # late by the noise at most for reasons other than the link
+                transfer_ms = elapsed - st.link.rtt_ms - t.cloud_ms - self.noise.ms
                 if transfer_ms > _NOISE_FLOOR_MS:
                     bound = t.nbytes / transfer_ms * 1e3
                     cap = bound if cap is None else min(cap, bound)
@@ -246,6 +322,12 @@ class Estimates:
             st = self.clouds.get(endpoint)
             return 0 if st is None else getattr(st.link.s_per_B, "pending", 0)
 
+    def rtt_pending(self, endpoint: str) -> int:
+        """RTT samples of ``endpoint`` held back as out of band (0: none, or latest)."""
+        with self.lock:
+            st = self.clouds.get(endpoint)
+            return 0 if st is None else getattr(st.link.rtt, "pending", 0)
+
     def link_estimate(self, endpoint: str) -> LinkEstimate:
         """``endpoint``'s link for a decision now: the filtered estimate, capped by what
         overdue transfers in flight already prove."""
@@ -257,7 +339,7 @@ class Estimates:
     def observe_head(self, cut_id: str, ms: float, batch: int = 1) -> None:
         """Edge time of a head (the int8 full model for ``edge``), per sample."""
         with self.lock:
-            self._head[cut_id].update(ms / max(batch, 1))
+            self._head[cut_id].update(ms / max(batch, 1), self.noise.ms / max(batch, 1))
 
     def observe_wire(self, cut_id: str, nbytes: int, encode_ms: float, batch: int = 1) -> None:
         """Bytes on the wire and encode time of one request at ``cut_id``."""
@@ -287,10 +369,14 @@ class Estimates:
             st.tail.setdefault(cut_id, self._ms()).update(compute_ms / max(batch, 1))
             self.last_seen[cut_id] = self._clock()
             network_ms = max(elapsed_ms - queue_ms - compute_ms, 0.0)
-            if solo:
+            if self._last_shared():
+                pass  # sent while a probe was on the link: the timing holds its bytes too
+            elif solo:
                 st.link.observe_transfer(up_bytes, down_bytes, network_ms)
             elif ahead_bytes is not None:
                 st.link.observe_shared_transfer(up_bytes, ahead_bytes, down_bytes, network_ms)
+            if getattr(st.link.s_per_B, "pending", 0):
+                self.suspect.set()
 
     def observe_overload(self, endpoint: str, elapsed_ms: float, floor_ms: float = 0.0) -> None:
         """The cloud refused a request (queue full): charge its queue at least ``floor_ms``
@@ -313,7 +399,7 @@ class Estimates:
                 return
             if payload_bytes <= 0:
                 st.link.observe_rtt(rtt_ms)
-            else:
+            elif not self._last_shared():  # a request joined the probe: no sample
                 st.link.observe_transfer(payload_bytes, 0, rtt_ms)
             # A pong reports the queue of the requests the cloud accepted; right after it
             # refused ours that says nothing about admission, so it waits for the hold.
@@ -385,9 +471,11 @@ class Estimates:
                 "up_Bps": round(link.up_Bps, 1),
                 "up_mbit_s": round(link.up_Bps * 8e-6, 3),
                 "rtt_ms": round(link.rtt_ms, 3),
+                "timing_noise_ms": round(self.noise.ms, 3),
                 "link_samples": link.samples,
                 "link_changes": link.changes,
                 "overdue_cap_Bps": None if cap is None else round(cap, 1),
+                "transfers_in_flight": sum(t.endpoint == name for t in self._flying.values()),
                 "queue_ms": round(st.queue.get(0.0), 3),
                 "tail_ms": {c: round(e.value, 3) for c, e in st.tail.items()
                             if e.value is not None},

@@ -38,7 +38,7 @@ class Filter(Protocol):
     value: float | None
     count: int
 
-    def update(self, sample: float) -> float: ...
+    def update(self, sample: float, floor: float | None = None) -> float: ...
 
     def get(self, default: float) -> float: ...
 
@@ -74,20 +74,29 @@ class RobustEwma:
         #: changes detected so far (resets of the estimate to a new level)
         self.changes = 0
 
-    def side(self, sample: float) -> int:
-        """+1 above the band, -1 below it, 0 inside (0 before a first sample)."""
+    def side(self, sample: float, floor: float | None = None) -> int:
+        """+1 above the band, -1 below it, 0 inside (0 before a first sample); ``floor``
+        overrides the band's absolute slack for this sample. The slack is the same both
+        ways: the estimate carries the noise the requests meet too, so a sample below it
+        by that much is no news either, and an estimate that followed fast samples
+        sooner than slow ones would be biased towards an optimistic link."""
         if self.value is None or self.count == 0:
             return 0
-        if sample > self.value * self.band + self.floor:
+        slack = self.floor if floor is None else floor
+        if sample > self.value * self.band + slack:
             return 1
-        if sample < self.value / self.band - self.floor:
+        if sample < self.value / self.band - slack:
             return -1
         return 0
 
-    def update(self, sample: float) -> float:
+    def update(self, sample: float, floor: float | None = None) -> float:
+        """Take one sample; ``floor`` (the sample's unit) is the timing noise it may carry,
+        when that is known per sample (it widens the band and the one-level test, so a
+        delay of that size is never taken for a change)."""
         if not math.isfinite(sample):
             return self.value if self.value is not None else sample
-        side = self.side(sample) if self.count >= (self._window.maxlen or 1) else 0
+        slack = self.floor if floor is None else max(floor, self.floor)
+        side = self.side(sample, slack) if self.count >= (self._window.maxlen or 1) else 0
         if self.count == 0 or self.value is None:
             self._window.append(sample)
             self.value = sample
@@ -102,7 +111,7 @@ class RobustEwma:
             self._side = side
             self._pending.append(sample)
             lo, hi = min(self._pending), max(self._pending)
-            while self._pending and hi > lo * self.band + self.floor:  # not one level
+            while self._pending and hi > lo * self.band + slack:  # not one level
                 self._pending.pop(0)
                 lo, hi = min(self._pending), max(self._pending)
             if len(self._pending) >= self.confirm:
@@ -132,7 +141,7 @@ class LatestSample:
         self.changes = 0
         self.pending = 0
 
-    def update(self, sample: float) -> float:
+    def update(self, sample: float, floor: float | None = None) -> float:
         if math.isfinite(sample):
             self.value = sample
             self.count += 1

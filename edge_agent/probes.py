@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Iterable
 
 from edge_agent.endpoints import Endpoint
@@ -27,7 +28,10 @@ class Prober:
     Args:
         endpoints: the endpoints to probe.
         estimates: where RTT, bandwidth and queue samples go.
-        interval_s: mean seconds between probes of one endpoint (jittered +-25%).
+        interval_s: mean seconds between probes of one endpoint (jittered +-25%); a
+            quarter of it while no request used the link since the last probe (the agent
+            runs on the device: only probes can see the link come back, and they delay
+            nobody).
         timeout_s: how long one ping may take.
         padded: also send a padded ping (bandwidth) after the empty one.
     """
@@ -51,6 +55,7 @@ class Prober:
 
     def stop(self, join_s: float = 5.0) -> None:
         self._stop.set()
+        self._estimates.suspect.set()  # wakes the loops
         for t in self._threads:
             t.join(timeout=join_s)
 
@@ -62,7 +67,20 @@ class Prober:
                     self.probe(ep)
             except Exception:  # a probe must never kill its thread
                 log.exception("probe of %s failed unexpectedly", ep.name)
-            self._stop.wait(self._interval * (0.75 + 0.5 * rng.random()))
+            sends = ep.sends
+            wait = self._interval * (0.75 + 0.5 * rng.random())
+            # a request's suspicious bandwidth sample wakes the probe early
+            self._pause(wait / 4)
+            if ep.sends != sends and not self._estimates.suspect.is_set():
+                self._pause(wait * 3 / 4)  # requests use the link
+            self._estimates.suspect.clear()
+
+    def _pause(self, seconds: float) -> None:
+        """Wait (woken early by a suspicion); how late a timed-out wait wakes is the
+        scheduling noise the estimates allow for."""
+        t0 = time.monotonic()
+        if not self._estimates.suspect.wait(seconds):
+            self._estimates.noise.observe((time.monotonic() - t0 - seconds) * 1e3)
 
     def probe(self, ep: Endpoint) -> None:
         """An empty ping (RTT) then, if configured, a padded one (bandwidth); a padded
@@ -70,11 +88,13 @@ class Prober:
         second one, so a change seen by a probe is confirmed (or refuted) now rather than
         a probe interval later."""
         payloads = [0, self._estimates.probe_bytes(ep.name)]
-        confirm = True  # at most one confirmation ping per probe
+        confirm = confirm_rtt = True  # at most one confirmation ping of each kind
         while payloads:
             payload = payloads.pop(0)
             if not ep.claim_idle_send():  # a request now in flight must not count as solo
                 return
+            # in flight like a request: a slow probe is evidence for decisions meanwhile
+            token = self._estimates.begin_transfer(ep.name, payload)
             try:
                 res = ep.link.ping(payload_bytes=payload, timeout=self._timeout)
             except TransportError as e:
@@ -82,9 +102,15 @@ class Prober:
                 with ep.lock:
                     ep.last_error = f"ping: {e.reason}"
                 return
+            finally:
+                self._estimates.end_transfer(token)
             ep.breaker.probe_ok()
             queue = res.load.queue_ms if res.load is not None else None
             self._estimates.observe_ping(ep.name, payload, res.rtt_ms, queue)
+            if payload == 0 and confirm_rtt and self._estimates.rtt_pending(ep.name):
+                confirm_rtt = False  # an RTT change is confirmed (or refuted) now, too
+                payloads.insert(0, 0)
+                continue
             if payload == 0 and not self._padded:
                 return
             if payload and confirm and self._estimates.link_pending(ep.name):

@@ -71,6 +71,10 @@ def _cut(agent) -> str:
     return httpx.get(f"{agent.http_url}/status", timeout=10).json()["current_cut"]
 
 
+def _link(agent) -> dict:
+    return httpx.get(f"{agent.http_url}/status", timeout=10).json()["policy"]["endpoints"]["a"]
+
+
 def _serve(agent, pause_s: float = 0.0) -> str:
     agent.infer(X, deadline_ms=5000).result(30)
     time.sleep(pause_s)
@@ -97,29 +101,36 @@ def _requests_to_move(agent, before: str, limit: int = 40, pause_s: float = 0.0)
 
 def test_one_10x_slow_request_does_not_move_the_cut(edge_bundle, ring, emulator,
                                                     make_agent) -> None:
-    # probes wait while a request is in flight: the slow window holds only the request
-    agent = _agent(make_agent, edge_bundle, ring, emulator, probe_interval_s=0.3)
+    # The link stalls for the one request alone (a blackout it sits out): the probe its
+    # suspicious sample wakes right after the reply must find the link as it was.
+    agent = _agent(make_agent, edge_bundle, ring, emulator, probe_interval_s=1.0)
     cut = _settle(agent, lambda c: c == "k2", pause_s=0.05)
     steady = []
     for _ in range(5):  # steady on the fast link
         res = agent.infer(X, deadline_ms=5000).result(30)
         assert (res.cut, _cut(agent)) == (cut, cut), agent.status()["policy"]["endpoints"]
         steady.append(res.timings["remote"])
-    _set_rate(emulator, FAST / 10)
+    for _ in range(200):  # a probe on the link would sit the blackout out too
+        if _link(agent)["transfers_in_flight"] == 0:
+            break
+        time.sleep(0.01)
+    emulator.blackout(10 * float(np.median(steady)) / 1e3)
     res = agent.infer(X, deadline_ms=5000).result(30)  # one request 10x slower
-    _set_rate(emulator, FAST)
     assert (res.path, res.cut) == ("remote", cut)
-    assert res.timings["remote"] > 3 * float(np.median(steady))  # it was an outlier
+    assert res.timings["remote"] > 3 * min(steady)  # it was an outlier
     for _ in range(6):
-        assert _serve(agent) == cut, agent.status()["policy"]["endpoints"]
+        assert _serve(agent) == cut, agent.status()["policy"]
 
 
 def test_cut_moves_within_three_requests_of_a_10x_drop_and_recovery(
         edge_bundle, ring, emulator, make_agent) -> None:
-    """Down: the requests themselves show it (two slow ones confirm). Back up: on the
-    device nothing is sent, so the probes show it (a suspicious probe is confirmed at
-    once). Requests come at an app's pace: 10 per second while they carry the news, 3 per
-    second on the device, where only the probes (every 0.15 s) can see the link return."""
+    """Down: the first slow request is held back as a suspicion, which wakes a probe at
+    once; the probe (or the next request) confirms it. Back up: on the device nothing is
+    sent, so the probes show it (a suspicious probe is confirmed at once). Timing noise
+    from a loaded CPU widens the change detector's band by what the pings show, so it is
+    neither taken for a change nor hides one. Requests come at an app's pace: 10 per
+    second while they carry the news, 3 per second on the device, where only the probes
+    (every 0.15 s) can see the link return. Counted in requests, never in time."""
     agent = _agent(make_agent, edge_bundle, ring, emulator, probe_interval_s=0.15)
     fast = _settle(agent, lambda c: c == "k2", pause_s=0.1)
     _set_rate(emulator, SLOW)

@@ -6,6 +6,8 @@
     tiersplit place tune --bundle B --edge-profile E --cloud-profile C \\
         --links configs/links.yaml [--fleet configs/fleet.yaml] \\
         --out configs/placement.yaml [--plot placement.png]
+    tiersplit place tune B --data held-back.npz [--target-agreement 0.99] \\
+        [--confidence max-softmax|margin|pkg.mod:fn] [--write-config edge.yaml]
     tiersplit place mincut --bundle B --edge-profile E --cloud-profile C \\
         --links configs/links.yaml --repo bundles --version 2
 """
@@ -251,11 +253,36 @@ def _print_privacy_costs(rows, metric: str, codec: str) -> None:
 
 @place.command("tune")
 def tune_cmd(
-    edge_profile: Path = typer.Option(..., "--edge-profile", help="From profile-edge."),
-    cloud_profile: Path = typer.Option(..., "--cloud-profile", help="From profile-cloud."),
-    links: Path = typer.Option(..., "--links",
-                               help="links.yaml (named conditions) or link profiles, "
-                                    "comma-separated."),
+    bundle_dir: Path | None = typer.Argument(
+        None, help="Bundle to tune the device cascade of (with --data)."),
+    edge_profile: Path | None = typer.Option(None, "--edge-profile",
+                                             help="From profile-edge."),
+    cloud_profile: Path | None = typer.Option(None, "--cloud-profile",
+                                              help="From profile-cloud."),
+    links: Path | None = typer.Option(None, "--links",
+                                      help="links.yaml (named conditions) or link "
+                                           "profiles, comma-separated."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Held-back inputs (.npz, never the calibration data): tune "
+                             "the device cascade's threshold instead of the placement."),
+    target_agreement: float = typer.Option(
+        0.99, "--target-agreement", min=0.0, max=1.0,
+        help="Cascade: agreement with the fp32 model the local answers must keep."),
+    confidence: str = typer.Option("max-softmax", "--confidence",
+                                   help="Cascade: max-softmax, margin or a hook "
+                                        "pkg.mod:fn (one score per sample)."),
+    logits: str | None = typer.Option(None, "--logits-output",
+                                      help="Cascade: the output holding the logits "
+                                           "(default: the first)."),
+    cut: str | None = typer.Option(None, "--cut",
+                                   help="Cascade: the cut unanswered requests take "
+                                        "(default: the shallowest the floor admits)."),
+    link_ms: float = typer.Option(0.0, "--link-ms", min=0.0,
+                                  help="Cascade: network + cloud ms of that path per "
+                                       "request (the manifest cannot know the link)."),
+    write_config: Path | None = typer.Option(
+        None, "--write-config", help="Cascade: write policy.cascade into this edge "
+                                     "config (other keys are kept)."),
     out: Path = typer.Option(Path("configs/placement.yaml"), "--out", "-o"),
     bundle: Path | None = typer.Option(None, "--bundle", help="Check profiles match it."),
     fleet: Path | None = typer.Option(None, "--fleet", help="fleet.yaml: joint assignment."),
@@ -279,10 +306,22 @@ def tune_cmd(
     public_key: Path | None = _PUB,
     allow_unsigned: bool = _UNSIGNED,
 ) -> None:
-    """Print per-link predictions, write the placement prior (and a plot)."""
+    """Print per-link predictions, write the placement prior (and a plot); with --data,
+    tune the device cascade's threshold on held-back data instead."""
     from rich.table import Table
 
+    if data is not None:
+        from tiersplit.cli._cascade import tune_cascade
+
+        tune_cascade(bundle_dir or bundle, data, target=target_agreement, kind=confidence,
+                     output=logits, cut=cut, privacy_floor=privacy_floor, codec=codec,
+                     link_ms=link_ms, write_config=write_config, public_key=public_key,
+                     allow_unsigned=allow_unsigned)
+        return
     with clean_errors(*_errors()):
+        if edge_profile is None or cloud_profile is None or links is None:
+            raise ValueError("give --edge-profile, --cloud-profile and --links (placement), "
+                             "or BUNDLE --data HELD-BACK.npz (cascade)")
         from placement import (
             CloudEstimate,
             PlacementPrior,
