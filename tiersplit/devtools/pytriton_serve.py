@@ -99,7 +99,8 @@ def main() -> int:
         for model_dir in sorted(p for p in args.repo.iterdir() if (p / "config.pbtxt").exists()):
             bound += _bind(triton, model_dir, args.threads, providers)
         triton.run()
-        sys.stdout.write(f"READY grpc={args.grpc_port} http={args.http_port} "
+        # A leading newline: Triton's own log shares this pipe and may be mid-line.
+        sys.stdout.write(f"\nREADY grpc={args.grpc_port} http={args.http_port} "
                          f"models={','.join(bound)} providers={','.join(providers)}\n")
         sys.stdout.flush()
         stop.wait()

@@ -23,6 +23,8 @@ __all__ = ["TritonProcess", "TritonUnavailable", "find_triton_python", "run_trit
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _SERVE = Path(__file__).resolve().parent / "pytriton_serve.py"
+#: What pytriton_serve prints once serving (searched for anywhere in a line).
+_READY = "READY grpc="
 
 
 class TritonUnavailable(RuntimeError):
@@ -88,7 +90,7 @@ def run_triton(repo: Path, *, threads: int = 0, device: str = "cpu",
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line.rstrip())
-            if line.startswith("READY "):
+            if _READY in line:  # the server's own log can share the line (one pipe)
                 ready.set()
         ready.set()
 
@@ -98,7 +100,7 @@ def run_triton(repo: Path, *, threads: int = 0, device: str = "cpu",
         if not ready.wait(start_timeout):
             raise TritonUnavailable(f"Triton not ready in {start_timeout:.0f} s: "
                                     + " | ".join(lines[-8:]))
-        if not any(x.startswith("READY ") for x in lines):
+        if not any(_READY in x for x in lines):
             proc.wait(timeout=30)
             raise TritonUnavailable(f"Triton exited with {proc.returncode}: "
                                     + " | ".join(lines[-12:]))
