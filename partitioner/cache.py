@@ -57,9 +57,16 @@ def digest_arrays(arrays: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _versions() -> tuple[str, str]:
+    import onnxruntime
+
+    return onnxruntime.__version__, onnx.__version__
+
+
 def key_of(*parts: Any) -> str:
-    """A short stable key from JSON-able parts."""
-    raw = json.dumps(parts, sort_keys=True, default=str).encode()
+    """A short stable key from JSON-able parts and the onnx/ONNX Runtime versions (another
+    quantizer may produce other heads from the same inputs)."""
+    raw = json.dumps([_versions(), *parts], sort_keys=True, default=str).encode()
     return hashlib.sha256(raw).hexdigest()[:32]
 
 

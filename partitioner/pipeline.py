@@ -356,6 +356,8 @@ class _Run:
             est = memory.estimate(weights, acts, self.batch)
         memory.check(est, budget, what)
         log.info("estimated peak memory %s", est.describe())
+        self.meter.facts.update(estimate=est.total, batch=self.batch, weights=weights,
+                                activations=acts)
         if self.batch != self.quant.batch:
             self.quant = dataclasses.replace(self.quant, batch=self.batch)
         # Outputs batch-first: the held-back set can run in batches and be concatenated.

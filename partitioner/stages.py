@@ -73,6 +73,7 @@ class Meter:
     def __init__(self, sample_s: float = _SAMPLE_S) -> None:
         self.stats: dict[str, StageStat] = {}
         self.counts: Counter[str] = Counter()
+        self.facts: dict[str, int | float | str] = {}  # e.g. the memory estimate, batch
         self.peak_rss = 0
         self._sample_s = sample_s
         self._lock = threading.Lock()
