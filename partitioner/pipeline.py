@@ -236,7 +236,9 @@ def partition(model: Any, input_shapes: Sequence[Any] | None, out_dir: Path | st
     with meter, Steps(progress) as step, \
             tempfile.TemporaryDirectory(prefix="tiersplit-partition-") as scratch:
         with meter.stage("export"):
-            loaded = load.load(model, input_shapes, name=name, task=task)
+            loaded = load.load(model, input_shapes, name=name, task=task,
+                               export_cache=None if cache_dir is None
+                               else Path(cache_dir) / "exports")
         name = _check_name("name", loaded.name)
         if (out_dir / name / version).exists():
             raise BundleExists(f"bundle {out_dir / name / version} already exists; bundles "

@@ -51,7 +51,9 @@ def test_rerun_with_new_floor_reuses_cache_and_judges_on_heldback(tmp_path: Path
     b2 = _run(tmp_path / "repo", "2", second, cache_dir=cache, accuracy_floor=0.98)
     misses = first.counts["cache misses: quantize"]
     assert misses >= 2 and first.counts["calibrations"] == 1
-    # the re-run calibrates and quantizes nothing: every head comes from the cache
+    # the re-run exports, calibrates and quantizes nothing: all of it comes from the cache
+    assert first.counts["cache misses: export"] == 1
+    assert second.counts["cache hits: export"] == 1
     assert second.counts["calibrations"] == 0
     assert second.counts["cache hits: quantize"] == misses
     assert second.counts["cache misses: quantize"] == 0
