@@ -422,7 +422,6 @@ class _Run:
                     run_cache.put_json("evaluate", key, dataclasses.asdict(result[0]))
                 return result
 
-        self.save("full.onnx", info.model)
         with meter.stage("search full model"):
             full_pick, full_tried, full_fp32_ms = search(
                 info.model, lambda m: evaluate(m, None, ()), data.calib, evald, floor,
@@ -436,6 +435,7 @@ class _Run:
         if full_pick is None:
             raise GraphError("the full model does not meet the accuracy floor even in fp32: "
                              "check the metric and its floor")
+        self.save("full.onnx", info.model)  # after the search named its nodes
         self.save("full.int8.onnx", full_pick.model)
         self.full_acc = full_acc = _accuracy(full_pick.comparison, full_pick.metric)
         del full_tried
