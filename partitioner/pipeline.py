@@ -344,26 +344,45 @@ class _Run:
         self.floor, self.quant = floor, quant
         self.files: list[str] = []
         self.batch = quant.batch
+        self.work = quant.batch  # samples per calibration / sensitivity-probe batch
         self.full_acc: Accuracy | None = None
         self.classification = False
         self._chunked = False
 
     def fit_batch(self, info: GraphInfo, weights: int, budget: int | None, what: str) -> None:
-        """Shrink the calibration/evaluation batch until the estimate fits the budget;
-        refuse the run (nothing written) when even one sample does not fit."""
-        acts = memory.activation_bytes(info)
-        est = memory.estimate(weights, acts, self.batch)
-        while budget is not None and est.total > budget and self.batch > 1:
-            self.batch = max(1, self.batch // 2)
-            est = memory.estimate(weights, acts, self.batch)
+        """Pick the evaluation batch and the (smaller) calibration/probe batch, halving
+        both until the estimate fits the budget; refuse the run (nothing written) when
+        even one sample does not fit."""
+        acts, every = memory.activation_bytes(info), memory.all_activation_bytes(info)
+        work = memory.work_batch(every, self.batch)
+        est = memory.estimate(weights, acts, self.batch, every, work)
+        while budget is not None and est.total > budget and max(self.batch, work) > 1:
+            self.batch, work = max(1, self.batch // 2), max(1, work // 2)
+            est = memory.estimate(weights, acts, self.batch, every, work)
         memory.check(est, budget, what)
         log.info("estimated peak memory %s", est.describe())
-        self.meter.facts.update(estimate=est.total, batch=self.batch, weights=weights,
-                                activations=acts)
-        if self.batch != self.quant.batch:
-            self.quant = dataclasses.replace(self.quant, batch=self.batch)
+        self.meter.facts.update(estimate=est.total, batch=self.batch, work_batch=work,
+                                weights=weights, activations=acts, all_activations=every)
+        self.work = work
+        if self.quant.calibrate_method == "MinMax" and work != self.quant.batch:
+            # min/max ranges do not depend on how samples are batched
+            self.quant = dataclasses.replace(self.quant, batch=work)
         # Outputs batch-first: the held-back set can run in batches and be concatenated.
         self._chunked = all(info.tensors[o].batch_major for o in info.outputs)
+
+    def references(self, model: onnx.ModelProto, evald: Mapping[str, np.ndarray],
+                   verify_feeds: Mapping[str, np.ndarray]) -> tuple[list, list]:
+        """The full fp32 model's outputs on the held-back and verification inputs, from a
+        session that is closed afterwards: every later comparison uses these outputs."""
+        sess = ortutil.session(model)
+        ref_eval = self.run_batched(lambda f: _run_checked(sess, f, "evaluation data"), evald)
+        return ref_eval, sess.run(None, dict(verify_feeds))
+
+    def probe(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Held-back samples for the search's own runs (latency at batch 1, the
+        sensitivity probe that keeps every activation): at most a work batch of them.
+        Accuracy is still judged on the whole held-back set (``evaluate``)."""
+        return {k: v[:self.work] for k, v in feeds.items()}
 
     def save(self, rel: str, model: onnx.ModelProto) -> None:
         onnx.save(model, str(self.scratch / rel))
@@ -396,9 +415,7 @@ class _Run:
         evald = data.eval
         eval_digest = _cache.digest_arrays(evald) if run_cache is not None else ""
         with meter.stage("reference outputs"):
-            full_sess = ortutil.session(info.model)
-            ref_eval = self.run_batched(
-                lambda f: _run_checked(full_sess, f, "evaluation data"), evald)
+            ref_eval, ref_verify = self.references(info.model, evald, verify_feeds)
         if floor.metric is not None:
             floor.score(ref_eval, ref_eval)  # fails now, before any work, if it is broken
 
@@ -424,7 +441,7 @@ class _Run:
 
         with meter.stage("search full model"):
             full_pick, full_tried, full_fp32_ms = search(
-                info.model, lambda m: evaluate(m, None, ()), data.calib, evald, floor,
+                info.model, lambda m: evaluate(m, None, ()), data.calib, self.probe(evald), floor,
                 classification, quant=quant, what="full model", tick=step.candidate)
         if not any(c.recipe != "fp32" for c in full_tried):
             ops = sorted({n.op_type for n in info.model.graph.node})
@@ -437,6 +454,7 @@ class _Run:
                              "check the metric and its floor")
         self.save("full.onnx", info.model)  # after the search named its nodes
         self.save("full.int8.onnx", full_pick.model)
+        full_pick.model = onnx.ModelProto()  # written out; the edge cut needs its figures only
         self.full_acc = full_acc = _accuracy(full_pick.comparison, full_pick.metric)
         del full_tried
         gc.collect()
@@ -460,7 +478,7 @@ class _Run:
             else:
                 step.cut(cid, n, len(cuts))
                 with meter.stage("cut total"):
-                    spec = self.split_cut(info, cut, cid, common, data, full_sess,
+                    spec = self.split_cut(info, cut, cid, common, data, ref_verify,
                                           verify_feeds, evaluate)
                 gc.collect()
                 if spec is None:
@@ -474,20 +492,22 @@ class _Run:
                 on_cut(spec)
         return specs
 
-    def split_cut(self, info: GraphInfo, cut: Cut, cid: str, common: dict, data, full_sess,
+    def split_cut(self, info: GraphInfo, cut: Cut, cid: str, common: dict, data, ref_verify,
                   verify_feeds, evaluate) -> CutSpec | None:
         meter, step = self.meter, self.step
         with meter.stage("extract head/tail"):
             head, tail = head_model(info, cut), tail_model(info, cut)
         with meter.stage("verify split"):
             head_sess, tail_sess = ortutil.session(head), ortutil.session(tail)
-            verify_split(full_sess, head_sess, tail_sess, verify_feeds, cut_id=cid)
+            verify_split(None, head_sess, tail_sess, verify_feeds, cut_id=cid,
+                         reference=ref_verify)
             _check_head_outputs(head_sess, info, cut, cid, verify_feeds)
             del head_sess
         step(f"verify {cid}")
         with meter.stage("search heads"):
             pick, tried, fp32_ms = search(
-                head, lambda m: evaluate(m, tail_sess, cut.tensors), data.calib, data.eval,
+                head, lambda m: evaluate(m, tail_sess, cut.tensors), data.calib,
+                self.probe(data.eval),
                 self.floor, self.classification, quant=self.quant,
                 what=f"head of cut {cid}", tick=step.candidate)
         del tried

@@ -131,15 +131,19 @@ def test_budget_shrinks_batches_before_refusing(tmp_path: Path) -> None:
     from partitioner.graph import analyze
 
     model = load.load(MODEL, None).model
-    weights, acts = memory.weight_bytes(model), memory.activation_bytes(analyze(model))
-    assert weights > 0 and acts > 0
+    info = analyze(model)
+    weights, acts = memory.weight_bytes(model), memory.activation_bytes(info)
+    every = memory.all_activation_bytes(info)
+    assert weights > 0 and 0 < acts < every
     meter = Meter()
     b = _run(tmp_path / "repo", "1", meter,
-             max_memory=memory.estimate(weights, acts, 4).total + 1)
-    assert meter.facts["batch"] == 4 and _split_cuts(b)  # 16 -> 8 -> 4 samples per batch
+             max_memory=memory.estimate(weights, acts, 4, every, 4).total + 1)
+    assert _split_cuts(b)
+    assert meter.facts["batch"] == 4 and meter.facts["work_batch"] == 4  # 16 -> 8 -> 4
+    assert meter.facts["estimate"] <= memory.estimate(weights, acts, 4, every, 4).total
     with pytest.raises(MemoryBudgetError, match="needs ~"):
         _run(tmp_path / "repo", "2", Meter(),
-             max_memory=memory.estimate(weights, acts, 1).total - 1)
+             max_memory=memory.estimate(weights, acts, 1, every, 1).total - 1)
     assert not (tmp_path / "repo" / "resnet_like" / "2").exists()
     assert memory.parse_size("1.5G") == int(1.5 * 2**30)
     assert memory.parse_size("800MB") == 800 * 10**6
