@@ -407,10 +407,11 @@ class _Run:
         self.classification = classification = loaded.task == "classification"
         if run_cache is not None:
             # Ranges live beside the cache entries, keyed by what they were computed from.
-            data.calib.ranges = run_cache.path("ranges", _cache.key_of(
+            ranges = run_cache.path("ranges", _cache.key_of(
                 data.calib.digest, quant.calibrate_method, "asymmetric"), "json")
         else:
-            data.calib.ranges = self.scratch / "calibration-ranges.json"
+            ranges = self.scratch / "calibration-ranges.json"
+        data.calib.share_ranges(ranges, info.model)
         verify_feeds = example_feeds(_varied(decls), _VERIFY_BATCH, 7, loaded.vocab)
         evald = data.eval
         eval_digest = _cache.digest_arrays(evald) if run_cache is not None else ""

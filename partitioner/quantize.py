@@ -77,7 +77,21 @@ class CalibrationSet:
         # the first static quantization (the full model's) and reused by every head,
         # whose tensors are the full model's tensors under the same names.
         self.ranges: Path | None = None
+        self._ranges_model: onnx.ModelProto | None = None
         self._digest: str | None = None
+
+    def share_ranges(self, path: Path, model: onnx.ModelProto) -> None:
+        """Calibrate ``model`` (the full model) once into ``path`` and quantize every
+        other model from those ranges. Only ``model`` may write the file: ranges computed
+        on a head would lack the tensors of deeper heads."""
+        self.ranges, self._ranges_model = path, model
+
+    def _ranges_for(self, model: onnx.ModelProto) -> Path | None:
+        if self.ranges is None:
+            return None
+        if self.ranges.is_file() or model is self._ranges_model:
+            return self.ranges
+        return None
 
     @property
     def digest(self) -> str:
@@ -181,7 +195,7 @@ def quantize(model: onnx.ModelProto, calib: CalibrationSet, config: QuantConfig 
         hit = cache.get_model("quantize", key)
         if hit is not None:
             return _checked_quantized(hit, model, what, require_quantized)
-    ranges = calib.ranges
+    ranges = calib._ranges_for(model)
     try:
         out = _quantize_static(model, calib, config, names, act, wt, method,
                                nodes_to_exclude, ranges, what)
