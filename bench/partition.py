@@ -17,6 +17,10 @@ Usage::
 
     python -m bench.partition [--quick] [--models digits_cnn,minilm] [--variants]
                               [--plot out.png]
+    python -m bench.partition --scale [--models resnet50,...] [--cuts 4,12] [--baseline DIR]
+
+``--scale`` (see ``bench.partition_scale``) reports time and peak RSS per stage at real
+size instead, and a re-run with only the floor changed.
 """
 
 from __future__ import annotations
@@ -266,6 +270,11 @@ def plot(rows: list[Row], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--scale" in argv:  # time and peak memory per stage at real size
+        from bench.partition_scale import main as scale
+
+        return scale([a for a in argv if a != "--scale"])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer cuts and timing rounds")
     ap.add_argument("--models", default=None,

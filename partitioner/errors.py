@@ -37,3 +37,7 @@ class InputError(PartitionError):
 
 class AccuracyError(PartitionError):
     """No head meets the accuracy floor, or the user's accuracy metric failed."""
+
+
+class MemoryBudgetError(PartitionError):
+    """The estimated peak memory of a partition run exceeds the given budget."""

@@ -8,10 +8,13 @@ dimension 0 on every input and output. Failures are re-raised with advice.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import inspect
 import io
+import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -22,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from partitioner import zoo
+from partitioner import stages, zoo
 from partitioner.errors import ExportError, GraphError, InputError, UnknownModel
 from partitioner.inputs import InputDecl, example_feeds, model_inputs, parse_input, vocab_sizes
 
@@ -87,12 +90,15 @@ def as_decls(inputs: Sequence[Any] | None) -> list[InputDecl] | None:
 
 
 def load(model: Any, inputs: Sequence[Any] | None, *,
-         name: str | None = None, task: str | None = None) -> Loaded:
+         name: str | None = None, task: str | None = None,
+         export_cache: Path | None = None) -> Loaded:
     """Resolve ``model`` to ONNX.
 
     Args:
         inputs: per model input a shape (float32, batch first), a ``NAME:SHAPE:DTYPE``
             string or an :class:`InputDecl`; None for zoo and ONNX models.
+        export_cache: a directory keeping zoo models' ONNX exports, keyed by the zoo
+            sources and the torch/onnx versions (a re-run skips building and exporting).
 
     Raises:
         UnknownModel: unknown zoo name, unimportable callable, missing or non-ONNX file.
@@ -101,7 +107,7 @@ def load(model: Any, inputs: Sequence[Any] | None, *,
     """
     decls = as_decls(inputs)
     if isinstance(model, str) and model.startswith("zoo:"):
-        return _load_zoo(model[4:], decls, name, task)
+        return _load_zoo(model[4:], decls, name, task, export_cache)
     if isinstance(model, (str, Path)) and (str(model).endswith(".onnx") or Path(model).is_file()):
         return _load_onnx(Path(model), decls, name, task)
     if isinstance(model, str):
@@ -118,7 +124,53 @@ def load(model: Any, inputs: Sequence[Any] | None, *,
                        "to an .onnx file, 'package.module:callable' or a torch.nn.Module")
 
 
-def _load_zoo(zname: str, decls: list[InputDecl] | None, name, task) -> Loaded:
+def _zoo_export_key(zname: str) -> str:
+    """What a zoo export depends on: the zoo's code, this exporter, torch and onnx."""
+    import torch
+
+    from partitioner import real_models
+
+    h = hashlib.sha256(f"{zname}|{torch.__version__}|{onnx.__version__}".encode())
+    for mod in (zoo, real_models, sys.modules[__name__]):
+        h.update(Path(inspect.getfile(mod)).read_bytes())
+    return h.hexdigest()[:32]
+
+
+def _cached_export(zm: Any, cache: Path | None, export: Callable[[], Loaded]) -> Loaded:
+    if cache is None:
+        return export()
+    base = cache / f"{zm.name}-{_zoo_export_key(zm.name)}"
+    onnx_path, meta_path = base.with_suffix(".onnx"), base.with_suffix(".json")
+    try:
+        meta = json.loads(meta_path.read_text())
+        model = onnx.load(str(onnx_path))
+        decls = tuple(InputDecl(d["name"], tuple(d["shape"]), d["dtype"],
+                                tuple((int(a), str(n)) for a, n in d["dynamic"]))
+                      for d in meta["inputs"])
+        log.debug("zoo:%s export from the cache", zm.name)
+        stages.current().count("cache hits: export")
+        return Loaded(model=model, source=f"zoo:{zm.name}", name=zm.name, task=zm.task,
+                      inputs=decls, vocab=vocab_sizes(model))
+    except Exception as e:  # missing or damaged entry: a miss, never an error
+        if onnx_path.exists() or meta_path.exists():
+            log.warning("cached export of zoo:%s unusable (%s); exporting again", zm.name, e)
+    stages.current().count("cache misses: export")
+    loaded = export()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = onnx_path.with_suffix(f".tmp{os.getpid()}")
+        onnx.save(loaded.model, str(tmp))
+        os.replace(tmp, onnx_path)
+        meta_path.write_text(json.dumps({"inputs": [
+            {"name": d.name, "shape": list(d.shape), "dtype": d.dtype,
+             "dynamic": [list(x) for x in d.dynamic]} for d in loaded.inputs]}))
+    except OSError as e:  # the cache is an optimisation: a full disk costs the reuse only
+        log.warning("cannot cache the export of zoo:%s: %s", zm.name, e)
+    return loaded
+
+
+def _load_zoo(zname: str, decls: list[InputDecl] | None, name, task,
+              export_cache: Path | None = None) -> Loaded:
     zm = zoo.get(zname)
     if decls is not None and (len(decls) != len(zm.input_shapes) or any(
             tuple(a.shape[1:]) != tuple(b[1:])
@@ -127,9 +179,8 @@ def _load_zoo(zname: str, decls: list[InputDecl] | None, name, task) -> Loaded:
         raise GraphError(f"wrong input shape for zoo:{zname}: got "
                          f"{[d.shape for d in decls]}, the model takes "
                          f"{zm.input_shapes} (use {want})")
-    module = zm.build()
-    loaded = _from_module(module, zm.decls(), f"zoo:{zname}", name or zname,
-                          task or zm.task)
+    loaded = _cached_export(zm, export_cache, lambda: _from_module(
+        zm.build(), zm.decls(), f"zoo:{zname}", zname, zm.task))
 
     def examples(batch: int, seed: int) -> dict[str, np.ndarray]:
         return dict(zip(zm.input_names, zm.example_inputs(batch, seed), strict=True))
@@ -138,8 +189,8 @@ def _load_zoo(zname: str, decls: list[InputDecl] | None, name, task) -> Loaded:
     if zname == "digits_cnn":
         x, y = zm.heldout()
         heldout = ({zm.input_names[0]: x}, y)
-    return Loaded(model=loaded.model, source=loaded.source, name=loaded.name,
-                  task=loaded.task, examples=examples, heldout=heldout, inputs=loaded.inputs,
+    return Loaded(model=loaded.model, source=loaded.source, name=name or zname,
+                  task=task or zm.task, examples=examples, heldout=heldout, inputs=loaded.inputs,
                   vocab=loaded.vocab)
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from partitioner import cache as _cache
+from partitioner import stages
 from partitioner.errors import QuantizationError
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,32 @@ class CalibrationSet:
             raise QuantizationError(f"calibration arrays differ in sample count: {lengths}")
         self.arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         self.samples = lengths.pop()
+        # Shared activation ranges (ONNX Runtime's calibration cache, JSON): computed by
+        # the first static quantization (the full model's) and reused by every head,
+        # whose tensors are the full model's tensors under the same names.
+        self.ranges: Path | None = None
+        self._ranges_model: onnx.ModelProto | None = None
+        self._digest: str | None = None
+
+    def share_ranges(self, path: Path, model: onnx.ModelProto) -> None:
+        """Calibrate ``model`` (the full model) once into ``path`` and quantize every
+        other model from those ranges. Only ``model`` may write the file: ranges computed
+        on a head would lack the tensors of deeper heads."""
+        self.ranges, self._ranges_model = path, model
+
+    def _ranges_for(self, model: onnx.ModelProto) -> Path | None:
+        if self.ranges is None:
+            return None
+        if self.ranges.is_file() or model is self._ranges_model:
+            return self.ranges
+        return None
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the calibration arrays (part of every cache key built on them)."""
+        if self._digest is None:
+            self._digest = _cache.digest_arrays(self.arrays)
+        return self._digest
 
     @classmethod
     def from_npz(cls, path: Path, input_names: Sequence[str],
@@ -146,12 +174,7 @@ def quantize(model: onnx.ModelProto, calib: CalibrationSet, config: QuantConfig 
     Raises:
         QuantizationError: ONNX Runtime failed, or nothing in the model is quantizable.
     """
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationMethod, QuantType
 
     names = [i.name for i in model.graph.input
              if i.name not in {w.name for w in model.graph.initializer}]
@@ -164,7 +187,41 @@ def quantize(model: onnx.ModelProto, calib: CalibrationSet, config: QuantConfig 
     except KeyError as e:
         raise QuantizationError(f"unknown quantization setting {e}; types are QInt8/QUInt8, "
                                 "methods MinMax/Entropy/Percentile") from e
-    with tempfile.TemporaryDirectory(prefix="tiersplit-quant-") as tmp:
+    cache = _cache.current()
+    key = None
+    if cache is not None:
+        key = _cache.key_of(_cache.digest_model(model), repr(config), sorted(nodes_to_exclude),
+                            calib.digest, "static-qdq")
+        hit = cache.get_model("quantize", key)
+        if hit is not None:
+            return _checked_quantized(hit, model, what, require_quantized)
+    ranges = calib._ranges_for(model)
+    try:
+        out = _quantize_static(model, calib, config, names, act, wt, method,
+                               nodes_to_exclude, ranges, what)
+    except QuantizationError:
+        if ranges is None or not ranges.is_file():
+            raise
+        # The shared ranges lack something this model needs: calibrate it on its own.
+        log.debug("%s: shared calibration ranges do not fit; calibrating it alone", what)
+        out = _quantize_static(model, calib, config, names, act, wt, method,
+                               nodes_to_exclude, None, what)
+    if cache is not None and key is not None:
+        cache.put_model("quantize", key, out)
+    return _checked_quantized(out, model, what, require_quantized)
+
+
+def _quantize_static(model: onnx.ModelProto, calib: CalibrationSet, config: QuantConfig,
+                     names: Sequence[str], act, wt, method, nodes_to_exclude: Sequence[str],
+                     ranges: Path | None, what: str) -> onnx.ModelProto:
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    meter = stages.current()
+    calibrates = ranges is None or not ranges.is_file()
+    with tempfile.TemporaryDirectory(prefix="tiersplit-quant-") as tmp, \
+            meter.stage("calibrate" if calibrates else "quantize"):
+        if calibrates:
+            meter.count("calibrations")
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(model, str(src))
         demote = _DemoteRootRecords()
@@ -180,8 +237,9 @@ def quantize(model: onnx.ModelProto, calib: CalibrationSet, config: QuantConfig 
                     reduce_range=config.reduce_range, activation_type=act, weight_type=wt,
                     calibrate_method=method, nodes_to_exclude=list(nodes_to_exclude),
                     extra_options={"CalibTensorRangeSymmetric": False},
+                    calibration_cache_path=ranges,
                 )
-            out = onnx.load(str(dst))
+            return onnx.load(str(dst))
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise QuantizationError(
@@ -190,6 +248,10 @@ def quantize(model: onnx.ModelProto, calib: CalibrationSet, config: QuantConfig 
                 "yourself") from e
         finally:
             logging.getLogger().removeFilter(demote)
+
+
+def _checked_quantized(out: onnx.ModelProto, model: onnx.ModelProto, what: str,
+                       require_quantized: bool) -> onnx.ModelProto:
     if require_quantized and quantized_op_count(out) == 0:
         ops = sorted({n.op_type for n in model.graph.node})
         raise QuantizationError(

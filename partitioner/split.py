@@ -180,13 +180,19 @@ def run_split(head_sess, tail_sess, feeds: Mapping[str, np.ndarray]) -> list[np.
 
 
 def verify_split(full_sess, head_sess, tail_sess, feeds: Mapping[str, np.ndarray], *,
-                 cut_id: str, tolerance: float = TOLERANCE) -> Comparison:
+                 cut_id: str, tolerance: float = TOLERANCE,
+                 reference: Sequence[np.ndarray] | None = None) -> Comparison:
     """Check fp32 head -> tail against the full model.
+
+    Args:
+        full_sess: the full model's session, or None with ``reference``.
+        reference: the full model's outputs on ``feeds``, computed once for all cuts
+            (then no session of the full model needs to stay open).
 
     Raises:
         VerificationError: relative max error above ``tolerance``.
     """
-    ref = full_sess.run(None, dict(feeds))
+    ref = reference if reference is not None else full_sess.run(None, dict(feeds))
     got = run_split(head_sess, tail_sess, feeds)
     cmp = compare(ref, got)
     if cmp.relative > tolerance:

@@ -133,11 +133,24 @@ def register(app: typer.Typer) -> None:
                                           help="Ship an int8 device tail per interior cut "
                                           "(kept only where it meets the accuracy floor): "
                                           "a failed cloud attempt finishes from the cut."),
+        max_memory: str = typer.Option(None, "--max-memory", help="Peak memory budget "
+                                       "(1.5G, 800M): batches shrink to fit; a model that "
+                                       "cannot fit is refused up front with the estimate."),
+        cache_dir: Path = typer.Option(None, "--cache-dir", help="Reuse calibration, "
+                                       "quantized heads and their held-back figures from "
+                                       "here (default ~/.cache/tiersplit/partition)."),
+        no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write "
+                                      "the cache."),
+        verbose: bool = typer.Option(False, "--verbose", help="Print time and peak memory "
+                                     "per stage, and cache hits."),
     ) -> None:
         """Partition a model into a verified, int8-headed, signed bundle."""
         with clean_errors(*_expected()):
             from contract.bundle import Bundle
             from partitioner import partition as run
+            from partitioner.cache import default_root
+            from partitioner.memory import parse_size
+            from partitioner.stages import Meter
 
             if input_shape and inputs:
                 raise ValueError("give --input-shape or --input, not both")
@@ -147,6 +160,10 @@ def register(app: typer.Typer) -> None:
                 if f is not None and not f.is_file():
                     raise ValueError(f"{what} file not found: {f}")
 
+            budget = parse_size(max_memory) if max_memory is not None else None
+            cache = None if no_cache else (cache_dir or default_root())
+            meter = Meter()
+
             def dropped(cut_id: str, reason: str) -> None:
                 console.print(f"[yellow]cut {cut_id} dropped: {reason}[/yellow]")
 
@@ -154,7 +171,8 @@ def register(app: typer.Typer) -> None:
                        eval_data=eval_data, max_cuts=max_cuts, signing_key=signing_key,
                        task=task, privacy_floor=privacy_floor, progress=True,
                        accuracy_floor=accuracy_floor, metric=metric, metric_floor=metric_floor,
-                       on_drop=dropped, device_tails=device_tails)
+                       on_drop=dropped, device_tails=device_tails, cache_dir=cache,
+                       max_memory=budget, meter=meter)
             b = Bundle.load(path, require_signature=False)
             m = b.manifest
             _print_table(cuts_table(m, title=f"{m.name} v{m.version} — {path}"))
@@ -171,6 +189,9 @@ def register(app: typer.Typer) -> None:
                           f"held-back samples ({m.quantization.evaluation}); "
                           f"digest {b.digest[:16]}…; "
                           f"{'signed' if b.signed else 'unsigned'}")
+            if verbose:
+                _print_table(meter.table(title="time and peak RSS per stage (nested stages "
+                                                "indented; their time is in the outer one)"))
 
     @app.command()
     def verify(
