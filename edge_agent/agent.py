@@ -23,7 +23,7 @@ from contract.deadline import Deadline
 from contract.privacy import judge_cuts
 from contract.tracing import tracer_for
 from edge_agent.client import EdgeClient
-from edge_agent.config import EdgeConfig, load_config
+from edge_agent.config import AUTO_CODEC, EdgeConfig, load_config
 from edge_agent.cuts import cut_infos_from_manifest
 from edge_agent.endpoints import EndpointInfo, resident
 from edge_agent.errors import AgentNotReady, BundleRefused, ConfigError, UpdateFailed
@@ -158,7 +158,8 @@ class EdgeAgent:
         cuts = cut_infos_from_manifest(bundle.manifest)
         endpoints = [EndpointInfo(e.name, e.region) for e in cfg.endpoints]
         # the floor is judged on the signed manifest: its privacy audit states the risk
-        verdicts = judge_cuts(bundle.manifest, cfg.policy.privacy_floor, cfg.codec)
+        verdicts = judge_cuts(bundle.manifest, cfg.policy.privacy_floor,
+                              None if cfg.codec == AUTO_CODEC else cfg.codec)
         policy_cfg = cfg.policy
         if policy_cfg.accuracy_floor is None:  # the floor the partitioner shipped
             policy_cfg = policy_cfg.model_copy(update={

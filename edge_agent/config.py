@@ -21,7 +21,9 @@ from contract.privacy import PrivacyFloor
 from contract.tracing import TracingConfig
 from edge_agent.endpoints import region_allowed, resident
 from edge_agent.errors import ConfigError
+from transport.codecs import parse_spec
 from transport.config import ClientLinkConfig
+from transport.errors import CodecError
 
 __all__ = [
     "ApiConfig",
@@ -37,6 +39,10 @@ __all__ = [
     "load_config",
     "parse_config",
 ]
+
+#: ``codec: auto``: choose the codec with the cut; ``AUTO_BASE_CODEC`` is measured live.
+AUTO_CODEC = "auto"
+AUTO_BASE_CODEC = "int8+lz4"
 
 
 class BundleConfig(StrictModel):
@@ -314,7 +320,10 @@ class EdgeConfig(StrictModel):
             data. ``null`` allows every region.
         api: the local HTTP (and optional gRPC) API.
         runtime: ONNX Runtime and concurrency.
-        codec: wire codec of cut tensors (``raw``, ``fp16``, ``int8``, ``int8+lz4``...).
+        codec: wire codec of cut tensors (``raw``, ``fp16``, ``int8``, ``int8+lz4``...),
+            pinned; or ``auto``: per request, with the cut, among the codecs the bundle
+            measured at that cut and found to keep its accuracy floor (``int8+lz4`` where
+            none were measured; privacy is then judged under the leakiest audited codec).
         policy, deadlines, retry: see their sections.
         placement_prior: optional ``configs/placement.yaml`` from ``tiersplit place
             tune``; used until the agent's own measurements are warm. Missing = none.
@@ -330,6 +339,22 @@ class EdgeConfig(StrictModel):
     api: ApiConfig = Field(default_factory=ApiConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     codec: str = "int8+lz4"
+
+    @field_validator("codec")
+    @classmethod
+    def _codec_known(cls, v: str) -> str:
+        if v != AUTO_CODEC:
+            try:
+                parse_spec(v)
+            except CodecError as e:
+                raise ValueError(f"{e}; or 'auto' (chosen per cut from the bundle)") from e
+        return v
+
+    @property
+    def wire_codec(self) -> str:
+        """The codec measured live and used where no other is chosen (``codec`` itself
+        unless it is ``auto``)."""
+        return AUTO_BASE_CODEC if self.codec == AUTO_CODEC else self.codec
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     deadlines: DeadlineConfig = Field(default_factory=DeadlineConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)

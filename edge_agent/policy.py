@@ -21,7 +21,7 @@ from typing import Any
 
 from contract.bundle import EDGE_CUT
 from contract.privacy import CutVerdict, judge_cuts
-from edge_agent.config import PolicyConfig
+from edge_agent.config import AUTO_BASE_CODEC, AUTO_CODEC, PolicyConfig
 from edge_agent.cuts import CutInfo
 from edge_agent.endpoints import EndpointInfo, resident
 from edge_agent.estimators import CloudEstimator, Estimates
@@ -91,7 +91,10 @@ class Policy:
         if not cuts:
             raise ValueError("a policy needs at least one cut")
         self.cfg = cfg
-        self.codec = codec
+        #: ``auto``: the codec is chosen with the cut among the bundle's measured ones;
+        #: otherwise ``codec`` is pinned.
+        self.auto_codec = codec == AUTO_CODEC
+        self.codec = codec = AUTO_BASE_CODEC if self.auto_codec else codec
         self._rng = random.Random(cfg.seed)
         self._prior = prior
         self.cuts = {c.cut_id: c for c in cuts}
@@ -101,7 +104,8 @@ class Policy:
         if privacy is None:
             shape = SimpleNamespace(privacy_audit=None, cuts=[
                 SimpleNamespace(id=c.cut_id, depth=c.depth) for c in cuts])
-            privacy = judge_cuts(shape, cfg.privacy_floor, codec)  # type: ignore[arg-type]
+            privacy = judge_cuts(shape, cfg.privacy_floor,  # type: ignore[arg-type]
+                                 None if self.auto_codec else codec)
         #: the privacy floor's verdict per cut (every cut; ``edge`` is always allowed)
         self.privacy = {c.cut_id: privacy.get(c.cut_id) or CutVerdict(
             c.cut_id, False, "not judged under the privacy floor") for c in cuts}
@@ -141,11 +145,12 @@ class Policy:
     # ---- prediction --------------------------------------------------------------
 
     def candidate_codecs(self, cut: CutInfo) -> tuple[str, ...]:
-        """The codecs ``cut`` may be sent with: those the bundle measured at it that meet
-        its accuracy floor; with none measured, the configured codec; with every
-        measured one below the floor, the configured codec unless it is one of them,
-        else ``raw`` (lossless)."""
-        if not cut.remote or not cut.codecs:
+        """The codecs ``cut`` may be sent with. A pinned codec (config ``codec`` other
+        than ``auto``) is the only one. Under ``auto``: those the bundle measured at the
+        cut that meet its accuracy floor; with none measured, the base codec; with every
+        measured one below the floor, the base codec unless it is one of them, else
+        ``raw`` (lossless)."""
+        if not cut.remote or not cut.codecs or not self.auto_codec:
             return (self.codec,)
         good = tuple(c.codec for c in cut.codecs if c.meets_floor)
         if good:

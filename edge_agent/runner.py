@@ -393,7 +393,7 @@ class RequestRunner:
                           agent_id=self.cfg.agent_id, model=self._model, version=self._version,
                           digest=self._digest, cut=choice.cut_id,
                           deadline=Deadline.after_ms(budget_ms), tensors=tensors,
-                          codec=choice.codec or self.cfg.codec)
+                          codec=choice.codec or self.cfg.wire_codec)
             attempt, reply = self._attempt(ep, req, budget_ms, batch)
             attempts.append(attempt)
             self.tally.answered(ok=reply is not None,
@@ -477,7 +477,7 @@ class RequestRunner:
         encode time, and account the real size as in flight."""
         if req.wire_bytes <= 0:  # failed before encoding: the future says why
             return flight
-        if req.codec == self.cfg.codec:  # other codecs are costed from the bundle's figures
+        if req.codec == self.cfg.wire_codec:  # other codecs are costed from the bundle's figures
             self.estimates.observe_wire(req.cut, req.wire_bytes, encode_ms, batch)
         return ep.resize(flight, req.wire_bytes)
 

@@ -431,8 +431,9 @@ def test_cascade_scores_and_hooks() -> None:
         Cascade(CascadeConfig(enabled=True, output="z"), ["y"])
 
 
-def _lowbit_policy(floor_ok: dict[str, bool], **cfg) -> Policy:
-    """The chain above, with k4 measured under low-bit codecs by the partitioner."""
+def _lowbit_policy(floor_ok: dict[str, bool], codec: str = "auto", **cfg) -> Policy:
+    """The chain above, with k4 measured under low-bit codecs by the partitioner (the
+    agent on `codec: auto` unless told otherwise)."""
     from contract.bundle import CutCodec
 
     measured = (
@@ -447,7 +448,7 @@ def _lowbit_policy(floor_ok: dict[str, bool], **cfg) -> Policy:
                     c.head_flops, c.tail_flops, measured if c.cut_id == "k4" else ())
             for c in CUTS]
     cfg.setdefault("explore_fraction", 0.0)
-    pol = Policy(cuts, [EndpointInfo("a", "eu")], PolicyConfig(**cfg), codec="int8",
+    pol = Policy(cuts, [EndpointInfo("a", "eu")], PolicyConfig(**cfg), codec=codec,
                  clock=Clock())
     for cut, ms in HEAD_MS.items():
         pol.estimates.observe_head(cut, ms)
@@ -467,7 +468,7 @@ def test_slow_link_picks_a_low_bit_codec_at_an_interior_cut() -> None:
     snap = pol.snapshot()
     assert snap["last_choice"]["codec"] == "int2c+zstd"
     assert snap["cuts"]["k4"]["codecs"] == ["int8+lz4", "int4c+zstd", "int2c+zstd"]
-    assert snap["cuts"]["k2"]["codecs"] == ["int8"]  # none measured: the configured one
+    assert snap["cuts"]["k2"]["codecs"] == ["int8+lz4"]  # none measured: auto's base codec
     from edge_agent.metrics import EdgeMetrics
 
     text = EdgeMetrics().render({"policy": snap}).decode()
@@ -484,7 +485,16 @@ def test_a_codec_below_the_accuracy_floor_is_never_chosen() -> None:
     pol_all_bad = _lowbit_policy({"int8+lz4": False, "int4c+zstd": False,
                                   "int2c+zstd": False}, fixed_cut="k4")
     feed_link(pol_all_bad, "a", 62_500, rtt_ms=4)
-    assert pol_all_bad.decide().codec == "int8"  # measured codecs all fail: configured
+    # every measured codec fails the floor, auto's base codec among them: lossless
+    assert pol_all_bad.decide().codec == "raw"
+
+
+def test_a_pinned_codec_is_the_only_candidate() -> None:
+    """``codec: int8`` (not ``auto``) pins it, even where the bundle measured others."""
+    pol = _lowbit_policy({}, codec="int8")
+    feed_link(pol, "a", 125_000, rtt_ms=4)
+    assert pol.decide().codec in ("", "int8")
+    assert pol.snapshot()["cuts"]["k4"]["codecs"] == ["int8"]
 
 
 def test_fast_link_keeps_the_cheapest_encode() -> None:
