@@ -221,7 +221,10 @@ def _quantize_static(model: onnx.ModelProto, calib: CalibrationSet, config: Quan
     with tempfile.TemporaryDirectory(prefix="tiersplit-quant-") as tmp, \
             meter.stage("calibrate" if calibrates else "quantize"):
         if calibrates:
-            meter.count("calibrations")
+            # The model's activations are calibrated once for every head; a device tail
+            # is calibrated on its own head's int8 outputs (another distribution).
+            meter.count("device-tail calibrations" if what.startswith("device tail")
+                        else "calibrations")
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(model, str(src))
         demote = _DemoteRootRecords()

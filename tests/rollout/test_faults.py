@@ -38,7 +38,9 @@ def _failures(agent, reason: str) -> float:
 
 
 def _rollout(core, version: str = "2", **q: str) -> dict:
-    query = "&".join(f"{k}={v}" for k, v in {"canary": "100%", **q}.items())
+    # Every fleet here starts on v1: say so, rather than race the agents' first report
+    # (the core would otherwise infer the stable version from what agents reported).
+    query = "&".join(f"{k}={v}" for k, v in {"canary": "100%", "stable": "1", **q}.items())
     return core.admin(f"/v1/rollouts/{MODEL}/versions/{version}?{query}")
 
 
