@@ -123,7 +123,9 @@ def test_record_publishes_a_signed_version_carrying_the_audit(digits, bundle_fac
     assert new.manifest.cuts == b.manifest.cuts and new.digest != b.digest
     assert b.manifest.privacy_audit is None  # the audited bundle itself is untouched
     safest = _curve(outcome.audit)[-1]
-    allowed = allowed_cuts(new.manifest, {"max_reconstruction": safest[2] + 1e-6})
+    # the curve is raw's: judge under raw (codec None takes the leakiest audited codec,
+    # which on some runs is another codec's slightly higher risk at the same cut)
+    allowed = allowed_cuts(new.manifest, {"max_reconstruction": safest[2] + 1e-6}, "raw")
     assert safest[0] in allowed and "cloud" not in allowed and "edge" in allowed
     assert allowed_cuts(b.manifest, {"max_reconstruction": 0.99}) == {"edge"}
     with pytest.raises(BundleExists):
