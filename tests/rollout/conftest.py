@@ -9,10 +9,8 @@ corrupts a file or persists a plan never affects another.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.reliability.fleet import CloudProc, FleetKeys, cosine
+from tests.reliability.conftest import clouds, fleet, make_agent
+from tests.reliability.fleet import cosine
 from tests.rollout.broken import make_failing_tails
 from tests.support.edge_bundle import IN_SHAPE, INPUT, OUTPUT, build_bundle, reference
 
@@ -84,40 +83,5 @@ def samples(repo: Repo) -> Samples:
     return Samples(inputs, refs)
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> FleetKeys:
-    f = FleetKeys(tmp_path / "keys")
-    for i in range(4):
-        f.add(f"a{i}")
-    return f
-
-
-@pytest.fixture
-def clouds() -> Iterator[list[CloudProc]]:
-    """Cloud processes a test starts (append them): killed by PID at teardown."""
-    procs: list[CloudProc] = []
-    yield procs
-    for p in procs:
-        with contextlib.suppress(Exception):
-            p.kill()
-
-
-@pytest.fixture
-def make_agent() -> Iterator[Callable[..., Any]]:
-    """Start in-process agents; all stopped at teardown."""
-    from edge_agent import EdgeAgent, parse_config
-
-    agents: list[Any] = []
-
-    def factory(cfg: dict[str, Any]) -> Any:
-        agent = EdgeAgent(parse_config(cfg), serve_http=False)
-        agents.append(agent)
-        return agent.start()
-
-    yield factory
-    for a in agents:
-        with contextlib.suppress(Exception):
-            a.stop(grace=5)
-
-
-__all__ = ["INPUT", "MODEL", "OUTPUT", "Repo", "Samples"]
+# The reliability suite's fixtures, same keys (agents a0..a3), cores and agents.
+__all__ = ["INPUT", "MODEL", "OUTPUT", "Repo", "Samples", "clouds", "fleet", "make_agent"]

@@ -50,14 +50,22 @@ def _flip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_core_killed_mid_download_resumes_after_restart(tmp_path, repo, samples, fleet,
-                                                        clouds, make_agent) -> None:
-    root = repo.copy(tmp_path / "repo")
+def _fleet_on_v1(tmp_path: Path, repo, fleet, clouds, make_agent, n: int = 1,
+                 broken: bool = False, **update):  # type: ignore[no-untyped-def]
+    """A copy of the repository served by a fresh core (registered for teardown) and
+    ``n`` agents on v1 behind the link emulator: (root, core, agents, emulator)."""
+    root = repo.copy(tmp_path / "repo", broken=broken)
     core = start_core(tmp_path, root, repo.public_key, fleet)
     clouds.append(core)
-    (agent,), emu = start_fleet(make_agent, fleet, core, repo.path("1"), repo.public_key,
-                                tmp_path, n=1, max_rate_bytes_per_s=40_000,
-                                chunk_bytes=8192)
+    agents, emu = start_fleet(make_agent, fleet, core, repo.path("1"), repo.public_key,
+                              tmp_path, n=n, **update)
+    return root, core, agents, emu
+
+
+def test_core_killed_mid_download_resumes_after_restart(tmp_path, repo, samples, fleet,
+                                                        clouds, make_agent) -> None:
+    root, core, (agent,), emu = _fleet_on_v1(tmp_path, repo, fleet, clouds, make_agent,
+                                             max_rate_bytes_per_s=40_000, chunk_bytes=8192)
     ledger = Ledger()
     load = LoadGen(ledger, [agent], samples.inputs, samples.check, threads=1).start()
     try:
@@ -93,11 +101,7 @@ def test_core_killed_mid_download_resumes_after_restart(tmp_path, repo, samples,
 
 def test_corrupted_file_refused_never_installed_then_retried(tmp_path, repo, samples, fleet,
                                                              clouds, make_agent) -> None:
-    root = repo.copy(tmp_path / "repo")
-    core = start_core(tmp_path, root, repo.public_key, fleet)
-    clouds.append(core)
-    (agent,), emu = start_fleet(make_agent, fleet, core, repo.path("1"), repo.public_key,
-                                tmp_path, n=1)
+    root, core, (agent,), emu = _fleet_on_v1(tmp_path, repo, fleet, clouds, make_agent)
     ledger = Ledger()
     load = LoadGen(ledger, [agent], samples.inputs, samples.check, threads=1).start()
     head = root / MODEL / "2" / "head-k6.int8.onnx"
@@ -146,11 +150,7 @@ def tiny_disk(tmp_path: Path):
 
 def test_full_disk_keeps_serving_v1_and_says_so(tmp_path, tiny_disk, repo, samples, fleet,
                                                 clouds, make_agent) -> None:
-    root = repo.copy(tmp_path / "repo")
-    core = start_core(tmp_path, root, repo.public_key, fleet)
-    clouds.append(core)
-    (agent,), emu = start_fleet(make_agent, fleet, core, repo.path("1"), repo.public_key,
-                                tmp_path, n=1)
+    _, core, (agent,), emu = _fleet_on_v1(tmp_path, repo, fleet, clouds, make_agent)
     assert agent.config.update.state_dir == tiny_disk
     ledger = Ledger()
     load = LoadGen(ledger, [agent], samples.inputs, samples.check, threads=1).start()
@@ -175,11 +175,8 @@ def test_full_disk_keeps_serving_v1_and_says_so(tmp_path, tiny_disk, repo, sampl
 
 def test_canary_answering_errors_is_rolled_back_automatically(tmp_path, repo, samples, fleet,
                                                               clouds, make_agent) -> None:
-    root = repo.copy(tmp_path / "repo", broken=True)
-    core = start_core(tmp_path, root, repo.public_key, fleet)
-    clouds.append(core)
-    agents, emu = start_fleet(make_agent, fleet, core, repo.path("1"), repo.public_key,
-                              tmp_path, n=2)
+    _, core, agents, emu = _fleet_on_v1(tmp_path, repo, fleet, clouds, make_agent, n=2,
+                                           broken=True)
     ledger = Ledger()
     load = LoadGen(ledger, agents, samples.inputs, samples.check, threads=2).start()
     try:
