@@ -19,21 +19,28 @@ from edge_agent.config import CASCADE_KINDS, CascadeConfig
 from edge_agent.errors import ConfigError
 from placement.cascade import confidence
 
-__all__ = ["Cascade"]
+__all__ = ["Cascade", "load_score_hook"]
 
 log = logging.getLogger(__name__)
 
 Score = Callable[[np.ndarray], np.ndarray]
 
 
-def _load_hook(spec: str) -> Score:
+def load_score_hook(spec: str, what: str = "policy.cascade.kind") -> Score:
+    """Import the confidence hook ``pkg.mod:fn`` (one score per sample) as the agent does;
+    ``what`` names the setting in the error (``place tune`` loads hooks through here too,
+    so a hook it tunes is one the agent can load).
+
+    Raises:
+        ConfigError: the module or function cannot be loaded, or it is not callable.
+    """
     mod_name, fn_name = spec.split(":", 1)
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as e:
-        raise ConfigError(f"policy.cascade.kind: cannot load {spec!r}: {e}") from e
+        raise ConfigError(f"{what}: cannot load {spec!r}: {e}") from e
     if not callable(fn):
-        raise ConfigError(f"policy.cascade.kind: {spec!r} is not callable")
+        raise ConfigError(f"{what}: {spec!r} is not callable")
     return fn
 
 
@@ -57,7 +64,7 @@ class Cascade:
         self.output = cfg.output or outputs[0]
         kind = cfg.kind
         self._score: Score = ((lambda z: confidence(z, kind)) if kind in CASCADE_KINDS
-                              else _load_hook(kind))
+                              else load_score_hook(kind))
         self._lock = threading.Lock()
         #: scores that could not be computed (hook errors, bad shapes)
         self.errors = 0

@@ -18,7 +18,6 @@ the link); the cascade always pays for the full int8 model first.
 from __future__ import annotations
 
 import hashlib
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,8 @@ import numpy as np
 
 from contract.bundle import Bundle, CutSpec, Manifest
 from contract.dtypes import numpy_dtype
+from edge_agent.cascade import load_score_hook
+from edge_agent.errors import ConfigError
 from placement.cascade import KINDS, CascadeTuning, confidence, tune_threshold
 
 __all__ = [
@@ -63,14 +64,10 @@ def score_function(kind: str) -> Score:
     if ":" not in kind:
         raise ValueError(f"--confidence: expected one of {list(KINDS)} or a hook "
                          f"'pkg.mod:fn', got {kind!r}")
-    mod_name, fn_name = kind.split(":", 1)
     try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"--confidence: cannot load {kind!r}: {e}") from e
-    if not callable(fn):
-        raise ValueError(f"--confidence: {kind!r} is not callable")
-    return fn
+        return load_score_hook(kind, "--confidence")
+    except ConfigError as e:
+        raise ValueError(str(e)) from e
 
 
 def refuse_calibration(manifest: Manifest, data: Path) -> None:
