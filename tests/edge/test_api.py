@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from tests.edge.conftest import base_config
+from tests.support.edge_bundle import assert_int8_close as _close
+from tests.support.edge_bundle import sample_inputs as _inputs
 from tiersplit.devtools.bundles import EDGE_CNN_INPUT as INPUT
 from tiersplit.devtools.bundles import EDGE_CNN_OUTPUT as OUTPUT
 from tiersplit.devtools.bundles import EDGE_CNN_SHAPE as IN_SHAPE
@@ -29,17 +31,6 @@ def agent(edge_bundle, make_agent):
 
 def _client(agent) -> httpclient.InferenceServerClient:
     return httpclient.InferenceServerClient(agent.http_url.removeprefix("http://"))
-
-
-def _inputs(batch: int = 2, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((batch, *IN_SHAPE)).astype(np.float32)
-
-
-def _close(a: np.ndarray, ref: np.ndarray) -> None:
-    """int8 tolerance: cosine >= 0.99 and max error within 10% of the output range."""
-    cos = float((a * ref).sum() / (np.linalg.norm(a) * np.linalg.norm(ref)))
-    assert cos >= 0.99, cos
-    assert np.abs(a - ref).max() <= 0.1 * np.abs(ref).max()
 
 
 def test_health_and_metadata_through_tritonclient(agent) -> None:

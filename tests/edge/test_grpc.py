@@ -16,6 +16,8 @@ import pytest
 
 from edge_agent.v2 import proto_to_dict
 from tests.edge.conftest import base_config
+from tests.support.edge_bundle import assert_int8_close as _close
+from tests.support.edge_bundle import sample_inputs as _inputs
 from tiersplit.devtools.bundles import EDGE_CNN_INPUT as INPUT
 from tiersplit.devtools.bundles import EDGE_CNN_OUTPUT as OUTPUT
 from tiersplit.devtools.bundles import EDGE_CNN_SHAPE as IN_SHAPE
@@ -38,16 +40,6 @@ def client(agent):
     c = grpcclient.InferenceServerClient(agent.grpc_url)
     yield c
     c.close()
-
-
-def _inputs(batch: int = 2, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((batch, *IN_SHAPE)).astype(np.float32)
-
-
-def _close(a: np.ndarray, ref: np.ndarray) -> None:
-    cos = float((a * ref).sum() / (np.linalg.norm(a) * np.linalg.norm(ref)))
-    assert cos >= 0.99, cos
-    assert np.abs(a - ref).max() <= 0.1 * np.abs(ref).max()
 
 
 def _infer(c, x: np.ndarray, **kw):
