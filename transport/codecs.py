@@ -190,6 +190,7 @@ def _unpack(packed: np.ndarray, n: int, bits: int) -> np.ndarray:
 #: exact fit is never lost to a tie).
 _FIT_FRACTIONS = tuple(1.0 - 0.05 * i for i in range(17))
 _FP16_MAX = 65504.0
+_FIT_SAMPLE = 512
 
 
 def _fp16_params(lo: np.ndarray, hi: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -209,6 +210,11 @@ def _fit_channels(xs: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
     lo0 = xs.min(axis=1, keepdims=True).astype(np.float64)
     hi0 = xs.max(axis=1, keepdims=True).astype(np.float64)
     mid = xs.mean(axis=1, keepdims=True, dtype=np.float64)
+    if xs.shape[1] > 2 * _FIT_SAMPLE:
+        # The error of each candidate range is estimated on an evenly strided sample of
+        # the channel (the ranges themselves come from all of it): ~8x less encode time
+        # on a large feature map.
+        xs = xs[:, ::xs.shape[1] // _FIT_SAMPLE]
     best_err = np.full(lo0.shape, np.inf)
     best_scale = np.ones(lo0.shape, np.float32)
     best_lo = lo0.astype(np.float32)
