@@ -61,8 +61,7 @@ __all__ = [
     "worth_compressing",
 ]
 
-BASES = ("raw", "fp16", "int8", "int8c", "int4c", "int2c",
-         "int3m", "int2m")
+BASES = ("raw", "fp16", "int8", "int8c", "int4c", "int2c", "int3m", "int2m")
 #: Per-channel affine bases and their bits per value. Fewer bits shrink the cut's bytes
 #: 2x / 4x below int8c; whether a cut keeps its accuracy at those levels is measured per
 #: cut by the partitioner, not assumed here.
@@ -191,6 +190,7 @@ def _unpack(packed: np.ndarray, n: int, bits: int) -> np.ndarray:
 _FIT_FRACTIONS = tuple(1.0 - 0.05 * i for i in range(17))
 _FP16_MAX = 65504.0
 _FIT_SAMPLE = 512
+_FIT_BLOCK = 1 << 20  # values per trial block
 
 
 def _fp16_params(lo: np.ndarray, hi: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -215,23 +215,23 @@ def _fit_channels(xs: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
         # the channel (the ranges themselves come from all of it): ~8x less encode time
         # on a large feature map.
         xs = xs[:, ::xs.shape[1] // _FIT_SAMPLE]
-    best_err = np.full(lo0.shape, np.inf)
-    best_scale = np.ones(lo0.shape, np.float32)
-    best_lo = lo0.astype(np.float32)
-    ranges = [(lo0, lo0 + t * (hi0 - lo0)) for t in _FIT_FRACTIONS]
-    ranges += [(mid - t * (mid - lo0), mid + t * (hi0 - mid)) for t in _FIT_FRACTIONS[1:]]
-    for lo, hi in ranges:
-        scale, low = _fp16_params(lo, hi, levels)
-        q = np.clip(np.rint((xs - low) / scale), 0, levels)
-        q *= scale
-        q += low
-        q -= xs
-        err = np.einsum("ij,ij->i", q, q)[:, None]
-        better = err < best_err
-        best_err = np.where(better, err, best_err)
-        best_scale = np.where(better, scale, best_scale)
-        best_lo = np.where(better, low, best_lo)
-    return best_scale, best_lo
+    t = np.asarray(_FIT_FRACTIONS)[:, None, None]  # [K, 1, 1]: all ranges at once
+    lo = np.concatenate([np.broadcast_to(lo0, (len(t), *lo0.shape)), mid - t[1:] * (mid - lo0)])
+    hi = np.concatenate([lo0 + t * (hi0 - lo0), mid + t[1:] * (hi0 - mid)])
+    scale, low = _fp16_params(lo, hi, levels)  # [K, C, 1]
+    # Channels in blocks so that the [K, block, M] trial stays a few MiB.
+    block = max(1, _FIT_BLOCK // (len(lo) * xs.shape[1]))
+    pick = np.empty(xs.shape[0], np.intp)
+    for c0 in range(0, xs.shape[0], block):
+        x, s, lw = xs[None, c0:c0 + block], scale[:, c0:c0 + block], low[:, c0:c0 + block]
+        err = np.clip(np.rint((x - lw) / s), 0, levels)
+        err *= s
+        err += lw
+        err -= x
+        # argmin keeps the first of equal errors: the full range wins ties
+        pick[c0:c0 + block] = np.einsum("kcm,kcm->kc", err, err).argmin(axis=0)
+    rows = np.arange(xs.shape[0])
+    return scale[pick, rows], low[pick, rows]
 
 
 def _fitted_quantize(x: np.ndarray, base: str) -> bytes:
@@ -273,7 +273,8 @@ def _fitted_dequantize(buf: memoryview, shape: tuple[int, ...], base: str) -> np
 
 
 def quantize(arr: np.ndarray, base: str) -> tuple[bytes | memoryview, dict]:
-    """Encode one float array with a lossy base (``fp16``, ``int8``, ``int8c``/``int4c``/``int2c``).
+    """Encode one float array with a lossy base (``fp16``, ``int8``, ``int8c``/``int4c``/
+    ``int2c``, ``int3m``/``int2m``).
 
     Returns:
         (payload, params) where params are the JSON-able header fields the decoder needs.
