@@ -78,22 +78,23 @@ def roundtrip(arr: np.ndarray, spec: codecs.CodecSpec) -> tuple[np.ndarray, int]
         costs: the payload, compressor frame included, plus the header's codec name and
         parameters)
     """
+    back, size, _ = _timed_roundtrip(arr, spec)
+    return back, size
+
+
+def _timed_roundtrip(arr: np.ndarray, spec: codecs.CodecSpec) -> tuple[np.ndarray, int, float]:
+    """:func:`roundtrip` plus the edge-side encode time in ms (quantize + compress)."""
     arr = np.ascontiguousarray(arr)
+    t0 = time.perf_counter()
     used, payload, params, plain = _encode(arr, spec)
+    encode_ms = (time.perf_counter() - t0) * 1e3
     size = len(payload) + _header_extra(used, params)
     if used.compressor is not None:
         payload = codecs.decompress(memoryview(payload), used.compressor, plain)
     if used.base == "raw":
-        return np.frombuffer(payload, dtype=arr.dtype).reshape(arr.shape), size
-    return codecs.dequantize(memoryview(payload), arr.shape, used.base, params), size
-
-
-def _encode_ms(sample: Mapping[str, np.ndarray], spec: codecs.CodecSpec) -> float:
-    """Edge-side encode time of one sample's crossing tensors (quantize + compress)."""
-    t0 = time.perf_counter()
-    for arr in sample.values():
-        _encode(np.ascontiguousarray(arr), spec)
-    return (time.perf_counter() - t0) * 1e3
+        return np.frombuffer(payload, dtype=arr.dtype).reshape(arr.shape), size, encode_ms
+    return (codecs.dequantize(memoryview(payload), arr.shape, used.base, params), size,
+            encode_ms)
 
 
 def _row_cosines(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> np.ndarray:
@@ -129,13 +130,15 @@ def measure_codecs(head_int8: onnx.ModelProto, tail: onnx.ModelProto,
         for i in range(n):
             sample = {k: v[i:i + 1] for k, v in mids.items()}
             sent = raw = 0
+            took = 0.0
             for k, arr in sample.items():
-                back, size = roundtrip(arr, spec)
+                back, size, ms = _timed_roundtrip(arr, spec)
                 decoded[k].append(back.astype(arr.dtype, copy=False))
                 sent += size
                 raw += arr.nbytes
+                took += ms
             ratios.append(sent / max(raw, 1))
-            times.append(_encode_ms(sample, spec))
+            times.append(took)
         joined = {k: np.concatenate(v) for k, v in decoded.items()}
         feeds = {k: joined[k] if k in joined else eval_inputs[k] for k in tail_in}
         got = ts.run(None, feeds)

@@ -189,7 +189,7 @@ def _unpack(packed: np.ndarray, n: int, bits: int) -> np.ndarray:
 #: exact fit is never lost to a tie).
 _FIT_FRACTIONS = tuple(1.0 - 0.05 * i for i in range(17))
 _FP16_MAX = 65504.0
-_FIT_SAMPLE = 512
+_FIT_SAMPLE = 256
 _FIT_BLOCK = 1 << 20  # values per trial block
 
 
@@ -212,7 +212,7 @@ def _fit_channels(xs: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
     mid = xs.mean(axis=1, keepdims=True, dtype=np.float64)
     if xs.shape[1] > 2 * _FIT_SAMPLE:
         # The error of each candidate range is estimated on an evenly strided sample of
-        # the channel (the ranges themselves come from all of it): ~8x less encode time
+        # the channel (the ranges themselves come from all of it): far less encode time
         # on a large feature map.
         xs = xs[:, ::xs.shape[1] // _FIT_SAMPLE]
     t = np.asarray(_FIT_FRACTIONS)[:, None, None]  # [K, 1, 1]: all ranges at once
@@ -224,7 +224,10 @@ def _fit_channels(xs: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
     pick = np.empty(xs.shape[0], np.intp)
     for c0 in range(0, xs.shape[0], block):
         x, s, lw = xs[None, c0:c0 + block], scale[:, c0:c0 + block], low[:, c0:c0 + block]
-        err = np.clip(np.rint((x - lw) / s), 0, levels)
+        err = np.subtract(x, lw)
+        err /= s
+        np.rint(err, out=err)
+        np.clip(err, 0, levels, out=err)
         err *= s
         err += lw
         err -= x
