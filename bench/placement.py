@@ -11,13 +11,15 @@ cost model first (``profile_edge`` on the edge, ``profile_cloud`` for the tails,
 * chosen/best-measured (goal <= 1.05), and the median prediction error (goal <= 15%);
 * the speedup of the chosen cut over all-edge and all-cloud.
 
-With ``--lowbit`` (a list of codecs, e.g. ``int4c+zstd,int2c+zstd``) the codec is
+With ``--lowbit`` (a list of codecs, default ``int4c+zstd,int2c+zstd,int3m+zstd,
+int2m+zstd``) the codec is
 chosen with the cut: every interior cut is also measured under the candidate codec the
 cost model predicts best for it (arms named ``cut@codec``), and each cell shows the
 choice with the configured ``--codec`` alone beside the choice over (cut, codec) pairs.
 A cut's candidates are the codecs its bundle records as meeting the accuracy floor
 (``CutSpec.codecs``); a bundle that records none takes the listed codecs as they are
-(the run says so, since their accuracy was not checked).
+(the run says so, since their accuracy was not checked). The bundles are partitioned
+with that codec measurement (and without device tails, which no cell uses).
 
 The slow edge is a CPU quota: when root with cgroup v1 ``cpu`` writable, this thread
 (only the edge work: head + encode) is moved into a child cgroup with
@@ -240,9 +242,10 @@ def build_bundles(models: list[str], repo: Path, max_cuts: int, image_size: int)
         if len(shape) == 4 and image_size and shape[2:] != (image_size, image_size):
             path = partition(z.build(), [(1, shape[1], image_size, image_size)], repo,
                              name=name, max_cuts=max_cuts, progress=False,
-                             task=z.task)
+                             task=z.task, device_tails=False)
         else:
-            path = partition(f"zoo:{name}", None, repo, max_cuts=max_cuts, progress=False)
+            path = partition(f"zoo:{name}", None, repo, max_cuts=max_cuts, progress=False,
+                             device_tails=False)
         out[name] = Bundle.load(path, require_signature=False)
     return out
 
@@ -375,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--links", default="3g,4g,wifi,lan")
     ap.add_argument("--links-file", type=Path, default=ROOT / "configs" / "links.yaml")
     ap.add_argument("--codec", default="int8+lz4", help="wire codec for every request")
-    ap.add_argument("--lowbit", default="int4c+zstd,int2c+zstd",
+    ap.add_argument("--lowbit", default="int4c+zstd,int2c+zstd,int3m+zstd,int2m+zstd",
                     help="candidate codecs chosen with the cut ('' = the codec alone)")
     ap.add_argument("--reps", type=int, default=0, help="requests per cut (default 5/15)")
     ap.add_argument("--image-size", type=int, default=224,
@@ -544,6 +547,12 @@ def report_lowbit(cells: list[Cell], checked: bool, codec: str) -> None:
     console.print(f"an interior cut with a low-bit codec is the measured best in {len(wins)}/"
                   f"{len(cells)} cells: " + ", ".join(f"{c.model}/{c.speed}/{c.link} "
                                                       f"({c.best_any})" for c in wins))
+    for label, best in ((f"{codec} alone", lambda c: c.best), ("with low-bit codecs",
+                                                               lambda c: c.best_any)):
+        won = [c for c in cells if best(c).split("@")[0] not in ("edge", "cloud")]
+        console.print(f"an interior cut is the measured best ({label}) in {len(won)}/"
+                      f"{len(cells)} cells" + (": " if won else "") + ", ".join(
+                          f"{c.model}/{c.speed}/{c.link} ({best(c)})" for c in won))
     if not checked:
         console.print("[yellow]these bundles record no per-cut codec accuracy "
                       "(CutSpec.codecs): the low-bit codecs were offered to every interior "

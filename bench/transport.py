@@ -46,7 +46,8 @@ from transport import wire  # noqa: E402
 from transport.messages import Reply, Request  # noqa: E402
 
 CODECS = ["raw", "fp16", "int8", "int8c", "raw+lz4", "raw+zstd", "fp16+zstd", "int8+lz4",
-          "int8+zstd", "int8c+lz4", "int8c+zstd"]
+          "int8+zstd", "int8c+lz4", "int8c+zstd", "int4c+zstd", "int2c+zstd", "int3m+zstd",
+          "int2m+zstd"]
 SIZES = [("64 KiB", 64 << 10), ("1 MiB", 1 << 20), ("8 MiB", 8 << 20)]
 MIB = float(1 << 20)
 
@@ -324,8 +325,10 @@ def cut_codecs_section(con, quick: bool) -> None:  # type: ignore[no-untyped-def
     from partitioner import partition
 
     tmp = Path(tempfile.mkdtemp(prefix="tiersplit-bench-codecs-"))
-    t = Table(title="5. Bytes per cut per codec with accuracy (ratio = encoded / fp32 "
-                    "bytes; worst-sample cosine; ok = keeps the bundle's floor)")
+    t = Table(title="5. Bytes per cut per codec with accuracy (ratio = bytes the wire "
+                    "spends on the tensors: payload, compressor frame and header entry beyond "
+                    "fp32's, / fp32 bytes; worst-sample cosine; ok = keeps the bundle's "
+                    "floor; only digits_cnn is trained)")
     for col in ("model", "cut", "fp32 bytes", "codec", "ratio", "worst cosine", "top-1",
                 "encode ms", "floor"):
         t.add_column(col, justify="left" if col in ("model", "cut", "codec") else "right")
@@ -338,7 +341,8 @@ def cut_codecs_section(con, quick: bool) -> None:  # type: ignore[no-untyped-def
                 if not c.codecs:
                     continue
                 for k in c.codecs:
-                    t.add_row(name, c.id, f"{c.bytes:,}", k.codec, f"{k.ratio:.3f}",
+                    label = f"{name} ({'trained' if name == 'digits_cnn' else 'random'})"
+                    t.add_row(label, c.id, f"{c.bytes:,}", k.codec, f"{k.ratio:.3f}",
                               f"{k.cosine:.4f}", "—" if k.top1 is None else f"{k.top1:.1%}",
                               f"{k.encode_ms:.3f}", "ok" if k.meets_floor else "—")
                 fit = [k.ratio for k in c.codecs if k.meets_floor]

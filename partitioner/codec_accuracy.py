@@ -14,6 +14,7 @@ the codecs a cut allows.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,17 +30,30 @@ from transport import codecs
 
 __all__ = ["CANDIDATES", "best_codec", "measure_codecs", "roundtrip"]
 
-#: The codecs measured at every interior cut, from exact to smallest.
-CANDIDATES = ("raw", "fp16+lz4", "int8+lz4", "int8c+zstd", "int4c+zstd", "int2c+zstd")
+#: The codecs measured at every interior cut, from exact to smallest. The fitted bases
+#: (``int3m``, ``int2m``, see :mod:`transport.codecs`) keep more accuracy per bit than
+#: ``int4c``/``int2c`` on most cuts and carry half their per-channel bytes. On a small
+#: tensor (a pooled cut) the wire drops ``+zstd`` when its frame would cost more than it
+#: saves, and the ratio recorded is what was sent.
+CANDIDATES = ("raw", "fp16+lz4", "int8+lz4", "int8c+zstd", "int4c+zstd", "int2c+zstd",
+              "int3m+zstd", "int2m+zstd")
 
 
-def roundtrip(arr: np.ndarray, spec: codecs.CodecSpec) -> tuple[np.ndarray, int]:
-    """One tensor through ``spec`` as the wire encodes and decodes it.
+def _header_extra(used: codecs.CodecSpec, params: Mapping[str, object]) -> int:
+    """Header bytes the tensor's entry spends beyond an fp32 ``raw`` entry's: the longer
+    codec name and each codec parameter (``,"ax":1``, int8's ``,"q":[scale,low]``),
+    written as the wire writes its JSON header."""
+    extra = len(str(used)) - len("raw")
+    for k, v in params.items():
+        extra += 1 + len(json.dumps({k: v}, separators=(",", ":"), allow_nan=False)) - 2
+    return extra
 
-    Returns:
-        (the decoded array, encoded payload bytes)
-    """
-    arr = np.ascontiguousarray(arr)
+
+def _encode(arr: np.ndarray, spec: codecs.CodecSpec
+            ) -> tuple[codecs.CodecSpec, bytes | memoryview, dict, int]:
+    """One tensor encoded as the wire does it: (the spec its header entry names, the
+    payload as sent, codec params, plain payload bytes). A compressor that does not save
+    bytes is dropped for the tensor, as on the wire."""
     t_spec = spec.for_array(arr.dtype, arr.ndim)
     params: dict = {}
     if t_spec.base == "raw":
@@ -47,29 +61,40 @@ def roundtrip(arr: np.ndarray, spec: codecs.CodecSpec) -> tuple[np.ndarray, int]
     else:
         payload, params = codecs.quantize(arr, t_spec.base)
     plain = len(payload)
-    size = plain
     if t_spec.compressor is not None:
         packed = codecs.compress(payload, t_spec.compressor)
-        size = len(packed)
-        payload = codecs.decompress(memoryview(packed), t_spec.compressor, plain)
-    if t_spec.base == "raw":
-        return np.frombuffer(payload, dtype=arr.dtype).reshape(arr.shape), size
-    return codecs.dequantize(memoryview(payload), arr.shape, t_spec.base, params), size
-
-
-def _encode_ms(sample: Mapping[str, np.ndarray], spec: codecs.CodecSpec) -> float:
-    """Edge-side encode time of one sample's crossing tensors (quantize + compress)."""
-    t0 = time.perf_counter()
-    for arr in sample.values():
-        t_spec = spec.for_array(arr.dtype, arr.ndim)
-        if t_spec.base == "raw":
-            payload: bytes | memoryview = memoryview(
-                np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+        if codecs.worth_compressing(plain, len(packed), t_spec.compressor):
+            payload = packed
         else:
-            payload, _ = codecs.quantize(arr, t_spec.base)
-        if t_spec.compressor is not None:
-            codecs.compress(payload, t_spec.compressor)
-    return (time.perf_counter() - t0) * 1e3
+            t_spec = codecs.CodecSpec(t_spec.base)
+    return t_spec, payload, params, plain
+
+
+def roundtrip(arr: np.ndarray, spec: codecs.CodecSpec) -> tuple[np.ndarray, int]:
+    """One tensor through ``spec`` as the wire encodes and decodes it.
+
+    Returns:
+        (the decoded array, bytes sent beyond what the header of an fp32 ``raw`` tensor
+        costs: the payload, compressor frame included, plus the header's codec name and
+        parameters)
+    """
+    back, size, _ = _timed_roundtrip(arr, spec)
+    return back, size
+
+
+def _timed_roundtrip(arr: np.ndarray, spec: codecs.CodecSpec) -> tuple[np.ndarray, int, float]:
+    """:func:`roundtrip` plus the edge-side encode time in ms (quantize + compress)."""
+    arr = np.ascontiguousarray(arr)
+    t0 = time.perf_counter()
+    used, payload, params, plain = _encode(arr, spec)
+    encode_ms = (time.perf_counter() - t0) * 1e3
+    size = len(payload) + _header_extra(used, params)
+    if used.compressor is not None:
+        payload = codecs.decompress(memoryview(payload), used.compressor, plain)
+    if used.base == "raw":
+        return np.frombuffer(payload, dtype=arr.dtype).reshape(arr.shape), size, encode_ms
+    return (codecs.dequantize(memoryview(payload), arr.shape, used.base, params), size,
+            encode_ms)
 
 
 def _row_cosines(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> np.ndarray:
@@ -105,13 +130,15 @@ def measure_codecs(head_int8: onnx.ModelProto, tail: onnx.ModelProto,
         for i in range(n):
             sample = {k: v[i:i + 1] for k, v in mids.items()}
             sent = raw = 0
+            took = 0.0
             for k, arr in sample.items():
-                back, size = roundtrip(arr, spec)
+                back, size, ms = _timed_roundtrip(arr, spec)
                 decoded[k].append(back.astype(arr.dtype, copy=False))
                 sent += size
                 raw += arr.nbytes
+                took += ms
             ratios.append(sent / max(raw, 1))
-            times.append(_encode_ms(sample, spec))
+            times.append(took)
         joined = {k: np.concatenate(v) for k, v in decoded.items()}
         feeds = {k: joined[k] if k in joined else eval_inputs[k] for k in tail_in}
         got = ts.run(None, feeds)

@@ -11,10 +11,23 @@ Spec strings (chosen per request, recorded per tensor in the wire header)::
                         the last axis); the scales/lows travel in front of the data
                 int4c   the same with 4-bit levels, two to a byte
                 int2c   the same with 2-bit levels, four to a byte
+                int3m   per channel like int4c/int2c with 3 and 2 bits, but each channel's
+                int2m   range is fitted to its values (the clipping that minimises the
+                        squared error, searched per channel) and travels as float16
+                        (scale, low) pairs inside the payload; levels bit-packed (3-bit:
+                        eight values in three bytes). No header parameters: the channel
+                        axis follows from the rank
     compressor  lz4     LZ4 block, declared decompressed size checked before allocation
                 zstd    Zstandard level 3, same check
 
-Examples: ``"raw"``, ``"fp16+zstd"``, ``"int8+lz4"``, ``"int8c+zstd"``, ``"int4c+zstd"``.
+Examples: ``"raw"``, ``"fp16+zstd"``, ``"int8+lz4"``, ``"int8c+zstd"``, ``"int3m+zstd"``,
+``"int2m"``.
+
+With a compressor, the encoder sends a tensor's payload uncompressed when compressing it
+would not save bytes (:func:`worth_compressing`); the tensor's own header entry then names
+the base alone, so the decoder reads what was used. Tiny tensors (a pooled cut's 64
+values) would otherwise pay a compressor frame larger than the data.
+
 Lossy bases only apply to floating tensors; integer and bool tensors travel ``raw`` (with
 the compressor, if any) whatever the spec says, because quantizing indices or masks would
 corrupt them.
@@ -35,6 +48,7 @@ from transport.errors import CodecError, LimitError
 __all__ = [
     "BASES",
     "COMPRESSORS",
+    "FITTED_BITS",
     "PER_CHANNEL_BITS",
     "CodecSpec",
     "compress",
@@ -44,13 +58,17 @@ __all__ = [
     "int8c_axis",
     "parse_spec",
     "quantize",
+    "worth_compressing",
 ]
 
-BASES = ("raw", "fp16", "int8", "int8c", "int4c", "int2c")
+BASES = ("raw", "fp16", "int8", "int8c", "int4c", "int2c", "int3m", "int2m")
 #: Per-channel affine bases and their bits per value. Fewer bits shrink the cut's bytes
 #: 2x / 4x below int8c; whether a cut keeps its accuracy at those levels is measured per
 #: cut by the partitioner, not assumed here.
 PER_CHANNEL_BITS = {"int8c": 8, "int4c": 4, "int2c": 2}
+#: Per-channel bases with fitted ranges and float16 parameters in the payload, and their
+#: bits per value.
+FITTED_BITS = {"int3m": 3, "int2m": 2}
 COMPRESSORS = ("lz4", "zstd")
 _ZSTD_LEVEL = 3
 _LZ4_MAX = 0x7E000000  # lz4.block cannot address more than ~2 GiB in one block
@@ -68,10 +86,10 @@ class CodecSpec:
 
     def for_array(self, dtype: np.dtype, ndim: int) -> CodecSpec:
         """The spec that actually applies to one tensor (lossy only for floats; a scalar
-        has no channel axis, so ``int8c`` becomes ``int8`` for it)."""
+        has no channel axis, so a per-channel base becomes ``int8`` for it)."""
         if self.base != "raw" and dtype.kind != "f":
             return CodecSpec("raw", self.compressor)
-        if self.base == "int8c" and ndim == 0:
+        if ndim == 0 and (self.base in PER_CHANNEL_BITS or self.base in FITTED_BITS):
             return CodecSpec("int8", self.compressor)
         return self
 
@@ -122,9 +140,20 @@ def _packed_len(n: int, bits: int) -> int:
 
 
 def _pack(q: np.ndarray, bits: int) -> bytes | memoryview:
-    """``8 // bits`` values per byte, the first in the lowest bits (values < 2**bits)."""
+    """Values < 2**bits, first in the lowest bits: ``8 // bits`` to a byte for 2/4 bits,
+    eight in three bytes (one little-endian 24-bit group) for 3 bits."""
     if bits == 8:
         return memoryview(q)
+    if bits == 3:
+        pad = (-q.size) % 8
+        lanes = np.concatenate([q, np.zeros(pad, np.uint8)]).reshape(-1, 8).astype(np.uint32)
+        acc = lanes[:, 0].copy()
+        for i in range(1, 8):
+            acc |= lanes[:, i] << np.uint32(3 * i)
+        out3 = np.empty((acc.size, 3), np.uint8)
+        for k in range(3):
+            out3[:, k] = (acc >> np.uint32(8 * k)) & np.uint32(0xFF)
+        return out3.reshape(-1)[:_packed_len(q.size, 3)].tobytes()
     per = 8 // bits
     pad = (-q.size) % per
     if pad:
@@ -140,6 +169,14 @@ def _unpack(packed: np.ndarray, n: int, bits: int) -> np.ndarray:
     """Inverse of :func:`_pack`: the first ``n`` values."""
     if bits == 8:
         return packed[:n]
+    if bits == 3:
+        pad = (-packed.size) % 3
+        grp = np.concatenate([packed, np.zeros(pad, np.uint8)]).reshape(-1, 3).astype(np.uint32)
+        acc = grp[:, 0] | (grp[:, 1] << np.uint32(8)) | (grp[:, 2] << np.uint32(16))
+        lanes3 = np.empty((acc.size, 8), np.uint8)
+        for i in range(8):
+            lanes3[:, i] = (acc >> np.uint32(3 * i)) & np.uint32(7)
+        return lanes3.reshape(-1)[:n]
     per = 8 // bits
     mask = np.uint8((1 << bits) - 1)
     lanes = np.empty((packed.size, per), np.uint8)
@@ -148,8 +185,99 @@ def _unpack(packed: np.ndarray, n: int, bits: int) -> np.ndarray:
     return lanes.reshape(-1)[:n]
 
 
+#: Fractions of a channel's span tried as its clipped range (the full span first, so an
+#: exact fit is never lost to a tie).
+_FIT_FRACTIONS = tuple(1.0 - 0.05 * i for i in range(17))
+_FP16_MAX = 65504.0
+_FIT_SAMPLE = 256
+_FIT_BLOCK = 1 << 20  # values per trial block
+
+
+def _fp16_params(lo: np.ndarray, hi: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, low) as the decoder will see them (float16, widened), scale never zero."""
+    lo16 = lo.astype(np.float16)
+    scale16 = ((hi - lo) / levels).astype(np.float16)
+    scale16 = np.where(scale16 > 0, scale16, np.float16(1.0))
+    return scale16.astype(np.float32), lo16.astype(np.float32)
+
+
+def _fit_channels(xs: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``xs`` ([C, M]), the (scale, low) whose uniform levels give the smallest
+    squared error among clipped ranges: the top clipped with the bottom kept (post-ReLU
+    channels keep their exact zeros), or both ends pulled towards the mean (bell-shaped
+    channels). Outliers then cost their own clipping error instead of coarsening every
+    other value's step."""
+    lo0 = xs.min(axis=1, keepdims=True).astype(np.float64)
+    hi0 = xs.max(axis=1, keepdims=True).astype(np.float64)
+    mid = xs.mean(axis=1, keepdims=True, dtype=np.float64)
+    if xs.shape[1] > 2 * _FIT_SAMPLE:
+        # The error of each candidate range is estimated on an evenly strided sample of
+        # the channel (the ranges themselves come from all of it): far less encode time
+        # on a large feature map.
+        xs = xs[:, ::xs.shape[1] // _FIT_SAMPLE]
+    t = np.asarray(_FIT_FRACTIONS)[:, None, None]  # [K, 1, 1]: all ranges at once
+    lo = np.concatenate([np.broadcast_to(lo0, (len(t), *lo0.shape)), mid - t[1:] * (mid - lo0)])
+    hi = np.concatenate([lo0 + t * (hi0 - lo0), mid + t[1:] * (hi0 - mid)])
+    scale, low = _fp16_params(lo, hi, levels)  # [K, C, 1]
+    # Channels in blocks so that the [K, block, M] trial stays a few MiB.
+    block = max(1, _FIT_BLOCK // (len(lo) * xs.shape[1]))
+    pick = np.empty(xs.shape[0], np.intp)
+    for c0 in range(0, xs.shape[0], block):
+        x, s, lw = xs[None, c0:c0 + block], scale[:, c0:c0 + block], low[:, c0:c0 + block]
+        err = np.subtract(x, lw)
+        err /= s
+        np.rint(err, out=err)
+        np.clip(err, 0, levels, out=err)
+        err *= s
+        err += lw
+        err -= x
+        # argmin keeps the first of equal errors: the full range wins ties
+        pick[c0:c0 + block] = np.einsum("kcm,kcm->kc", err, err).argmin(axis=0)
+    rows = np.arange(xs.shape[0])
+    return scale[pick, rows], low[pick, rows]
+
+
+def _fitted_quantize(x: np.ndarray, base: str) -> bytes:
+    bits = FITTED_BITS[base]
+    if x.ndim == 0:
+        raise CodecError(f"{base} needs at least one axis (use int8 for scalars)")
+    if x.size == 0:
+        return b""
+    levels = (1 << bits) - 1
+    axis = int8c_axis(x.ndim)
+    # Parameters travel as float16: values beyond its range are clipped to it.
+    xs = np.clip(np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1), -_FP16_MAX, _FP16_MAX)
+    scale, lo = _fit_channels(xs, levels)
+    q = np.clip(np.rint((xs - lo) / scale), 0, levels).astype(np.uint8)
+    q = np.moveaxis(q.reshape(np.moveaxis(x, axis, 0).shape), 0, axis).reshape(-1)
+    head = np.concatenate([scale.reshape(-1), lo.reshape(-1)]).astype("<f2").tobytes()
+    return head + bytes(_pack(q, bits))
+
+
+def _fitted_dequantize(buf: memoryview, shape: tuple[int, ...], base: str) -> np.ndarray:
+    bits = FITTED_BITS[base]
+    n = 1
+    for d in shape:
+        n *= d
+    if n == 0 or not shape:
+        return np.zeros(shape, np.float32)
+    axis = int8c_axis(len(shape))
+    c = shape[axis]
+    head = np.frombuffer(buf[: 4 * c], dtype="<f2").astype(np.float32)
+    if not np.isfinite(head).all():
+        raise CodecError(f"{base} tensor has non-finite channel parameters")
+    u = _unpack(np.frombuffer(buf[4 * c:], dtype=np.uint8), n, bits)
+    bshape = [1] * len(shape)
+    bshape[axis] = c
+    out = u.reshape(shape).astype(np.float32)
+    out *= head[:c].reshape(bshape)
+    out += head[c:].reshape(bshape)
+    return out
+
+
 def quantize(arr: np.ndarray, base: str) -> tuple[bytes | memoryview, dict]:
-    """Encode one float array with a lossy base (``fp16``, ``int8``, ``int8c``/``int4c``/``int2c``).
+    """Encode one float array with a lossy base (``fp16``, ``int8``, ``int8c``/``int4c``/
+    ``int2c``, ``int3m``/``int2m``).
 
     Returns:
         (payload, params) where params are the JSON-able header fields the decoder needs.
@@ -182,6 +310,8 @@ def quantize(arr: np.ndarray, base: str) -> tuple[bytes | memoryview, dict]:
         q = np.clip(np.rint((x - lo) / scale), 0, levels).astype(np.uint8)
         head = np.concatenate([scale.reshape(-1), lo.reshape(-1)]).astype("<f4")
         return head.tobytes() + _pack(q.reshape(-1), bits), {"ax": axis}
+    if base in FITTED_BITS:
+        return _fitted_quantize(x, base), {}
     raise CodecError(f"not a lossy codec base: {base!r}")
 
 
@@ -200,6 +330,10 @@ def encoded_size(shape: tuple[int, ...], dtype: np.dtype, base: str, axis: int =
         if n == 0 or not shape:
             return 0
         return 8 * shape[axis] + _packed_len(n, PER_CHANNEL_BITS[base])
+    if base in FITTED_BITS:
+        if n == 0 or not shape:
+            return 0
+        return 4 * shape[int8c_axis(len(shape))] + _packed_len(n, FITTED_BITS[base])
     raise CodecError(f"unknown codec base {base!r}")
 
 
@@ -239,7 +373,15 @@ def dequantize(buf: memoryview, shape: tuple[int, ...], base: str, params: dict)
         out *= scale
         out += lo
         return out
+    if base in FITTED_BITS:
+        return _fitted_dequantize(buf, shape, base)
     raise CodecError(f"not a lossy codec base: {base!r}")
+
+
+def worth_compressing(plain: int, packed: int, compressor: str) -> bool:
+    """Whether a compressed payload of ``packed`` bytes beats sending the ``plain`` bytes
+    as they are, counting the ``+<compressor>`` the tensor's header entry then names."""
+    return packed + 1 + len(compressor) < plain
 
 
 def compress(data: bytes | memoryview, compressor: str) -> bytes:

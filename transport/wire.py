@@ -132,7 +132,11 @@ def _tensor_frames(tensors: dict[str, np.ndarray], spec: codecs.CodecSpec
             payload, params = codecs.quantize(arr, t_spec.base)
             desc.update(params)
         if t_spec.compressor is not None:
-            payload = codecs.compress(payload, t_spec.compressor)
+            packed = codecs.compress(payload, t_spec.compressor)
+            if codecs.worth_compressing(len(payload), len(packed), t_spec.compressor):
+                payload = packed
+            else:  # sent plain: the tensor's entry names the base alone
+                desc["c"] = t_spec.base
         descs.append(desc)
         frames.append(payload)
     return descs, frames
