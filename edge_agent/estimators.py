@@ -426,6 +426,11 @@ class Estimates:
             wire = self._wire[cut_id].value
             return wire if wire is not None else wire_bytes_guess(self.cuts[cut_id], self.codec)
 
+    def measured_wire_bytes(self, cut_id: str) -> float | None:
+        """Per-sample bytes on the wire measured for ``cut_id`` (None before any)."""
+        with self.lock:
+            return self._wire[cut_id].value
+
     def encode_ms(self, cut_id: str) -> float:
         """Per-sample encode time measured for ``cut_id`` (0 before any)."""
         with self.lock:

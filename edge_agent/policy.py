@@ -168,11 +168,19 @@ class Policy:
         nbytes = {self.codec: est.wire_bytes(cut.cut_id) * batch}
         enc = {self.codec: est.encode_ms(cut.cut_id) * batch}
         measured = {c.codec: c for c in cut.codecs}
+        # The live figure includes the message's header, the bundle's ratios do not: once
+        # the configured codec's bytes are measured, its header share (live bytes minus
+        # its payload by the bundle's ratio) is added to the others, so neither side of
+        # the comparison is priced without it.
+        live, base = est.measured_wire_bytes(cut.cut_id), measured.get(self.codec)
+        header = (max(0.0, live - cut.raw_bytes * base.ratio)
+                  if live is not None and base is not None else 0.0)
         for name in codecs:
             if name == self.codec:
                 continue
             m = measured.get(name)
-            nbytes[name] = cut.raw_bytes * (m.ratio if m is not None else 1.0) * batch
+            nbytes[name] = (cut.raw_bytes * (m.ratio if m is not None else 1.0) + header) \
+                * batch
             enc[name] = (m.encode_ms if m is not None else 0.0) * batch
         return CutProfile(
             cut_id=cut.cut_id, depth=cut.depth, head_ms=est.head_ms(cut) * batch,

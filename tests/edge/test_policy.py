@@ -501,3 +501,18 @@ def test_fast_link_keeps_the_cheapest_encode() -> None:
     pol = _lowbit_policy({}, fixed_cut="k4")
     feed_link(pol, "a", 1e10, rtt_ms=1)
     assert pol.decide().codec == "int8+lz4"
+
+
+def test_other_codecs_are_priced_with_the_measured_header() -> None:
+    """The configured codec's live bytes include the message header; the bundle's ratios
+    do not. Once the live figure exists, the header share is added to the other codecs, so
+    a codec from the bundle is not favoured by the header it was priced without."""
+    pol = _lowbit_policy({})
+    k4 = pol.cuts["k4"]
+    before = pol._profile(k4, batch=1).bytes
+    assert before["int2c+zstd"] == 32_000 * 0.05
+    pol.estimates.observe_wire("k4", int(32_000 * 0.2) + 300, encode_ms=0.05)
+    after = pol._profile(k4, batch=1).bytes
+    assert after[pol.codec] == 32_000 * 0.2 + 300
+    assert after["int2c+zstd"] == 32_000 * 0.05 + 300
+    assert after["int4c+zstd"] == 32_000 * 0.1 + 300
