@@ -73,6 +73,33 @@ def load_curve_allow_list(directory: Path) -> dict[bytes, str]:
     return allowed
 
 
+# Plain ints: pyzmq's flag enums cost an enum operation per frame on the hot path.
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.NOBLOCK | zmq.SNDMORE)
+
+
+def _recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:
+    """One whole multipart message without blocking (:class:`zmq.Again` when none waits).
+
+    ``Frame.more`` instead of a RCVMORE ``getsockopt`` per frame; a multipart message is
+    delivered atomically, so its later frames are there once its first one is.
+    """
+    frame = sock.recv(_NOBLOCK, copy=False)
+    parts = [frame]
+    while frame.more:
+        frame = sock.recv(_NOBLOCK, copy=False)
+        parts.append(frame)
+    return parts
+
+
+def _send_frames(sock: zmq.Socket, frames: list) -> None:
+    """Send one multipart message without blocking, large frames without a copy (pyzmq
+    copies those under its ``copy_threshold`` itself)."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        sock.send(frame, _MORE_NOBLOCK if i < last else _NOBLOCK, copy=False)
+
+
 def _heartbeats(sock: zmq.Socket, ivl: int, timeout: int, ttl: int) -> None:
     sock.setsockopt(zmq.HEARTBEAT_IVL, ivl)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout)
@@ -171,8 +198,9 @@ class ZmqServerLink(ServerLink):
         return self._allowed_ids
 
     def _agent_for(self, z85_key: bytes) -> str | None:
-        with self._lock:
-            return self._allowed.get(bytes(z85_key))
+        # No lock: reload_allowed swaps the whole dict, and reading one reference is
+        # atomic, so a message sees either the old list or the new one.
+        return self._allowed.get(bytes(z85_key))
 
     def _count_reject(self, reason: str, agent_id: str | None) -> None:
         if self._handler is not None:
@@ -277,7 +305,7 @@ class ZmqServerLink(ServerLink):
                 if sock in events:
                     for _ in range(256):  # bounded batch so replies are not starved
                         try:
-                            msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                            msg = _recv_frames(sock)
                         except zmq.Again:
                             break
                         self._on_message(msg)
@@ -290,7 +318,7 @@ class ZmqServerLink(ServerLink):
         while self._outbox:
             identity, frames = self._outbox.popleft()
             try:
-                sock.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
+                _send_frames(sock, [identity, *frames])
             except zmq.Again:
                 log.warning("reply dropped: peer's queue is full")
             except zmq.ZMQError as e:
@@ -466,7 +494,7 @@ class ZmqClientLink(LinkState, ClientLink):
                 if sock in events:
                     for _ in range(256):
                         try:
-                            msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                            msg = _recv_frames(sock)
                         except zmq.Again:
                             break
                         nbytes = sum(len(f.buffer) for f in msg)
@@ -481,7 +509,7 @@ class ZmqClientLink(LinkState, ClientLink):
         while self._outbox:
             key, frames = self._outbox.popleft()
             try:
-                sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                _send_frames(sock, frames)
             except zmq.ZMQError as e:
                 err = LinkClosed(f"not connected to {self.endpoint}" if isinstance(
                     e, zmq.Again) else f"send failed: {e.strerror}")
