@@ -434,10 +434,10 @@ class MqttClientLink(LinkState, ClientLink):
 
     # -- ClientLink -------------------------------------------------------------------
 
-    def _seal(self, frames: list) -> bytes:
+    def _seal(self, frames: list) -> bytearray:
         return self._sealer.seal(wire.pack_frames(frames))
 
-    def _publish(self, payload: bytes) -> None:
+    def _publish(self, payload: bytes | bytearray) -> None:
         info = self._client.publish(self.request_topic, payload, qos=1)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise LinkClosed(f"publish failed: {paho.error_string(info.rc)}")
