@@ -304,6 +304,10 @@ def _str(h: dict[str, Any], key: str, default: str | None = None) -> str:
 # A request's string fields and their defaults (None: required), checked in one call.
 _REQUEST_STRS = (("id", None), ("agent", ""), ("model", None), ("version", ""),
                  ("digest", ""), ("cut", None), ("codec", "raw"))
+_REPLY_STRS = (("id", None), ("error", ""))
+# Status by code without an enum call per reply (a code with no status is a KeyError,
+# reported as a wire error like any other malformed field).
+_STATUS = {int(s): s for s in Status}
 
 
 def _strs(h: dict[str, Any], fields: tuple[tuple[str, str | None], ...]) -> list[str]:
@@ -508,8 +512,9 @@ def decode(frames: Sequence[Any], limits: WireLimits = WireLimits()) -> Message:
                 traceparent=(clean_traceparent(tp) or "") if tp is not None else "")
         if kind == _KIND_REPLY:
             code = _int(h, "status", lo=0, hi=max(Status))
+            rid, error = _strs(h, _REPLY_STRS)
             return Reply(
-                request_id=_str(h, "id"), status=Status(code), error=_str(h, "error", ""),
+                request_id=rid, status=_STATUS[code], error=error,
                 queue_ms=_num(h, "queue_ms", 0.0), compute_ms=_num(h, "compute_ms", 0.0),
                 tensors=_decode_tensors(h, frames, limits))
         if kind == _KIND_PING:
