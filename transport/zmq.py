@@ -18,8 +18,8 @@ the server comes back. Requests submitted while not connected fail at once with
 Each link owns one I/O thread and one zmq context (ZAP is per context). The I/O thread
 only receives: a client's caller sends its request itself, and the server's worker sends
 its reply itself, under the socket's lock (see :class:`_SharedSocket`), with no thread
-hand-off per message. ``handler.on_reject("unknown_key",
-None)`` is called from the ZAP thread, every other handler call from the I/O thread.
+hand-off per message. ``handler.on_reject("unknown_key", None)`` is called from the ZAP
+thread, every other handler call from the I/O thread.
 """
 
 from __future__ import annotations
@@ -145,7 +145,10 @@ class _SharedSocket:
             while sock.getsockopt(_EVENTS) & _POLLIN:
                 if len(out) >= limit:
                     return out, True
-                out.append(_recv_frames(sock))
+                try:
+                    out.append(_recv_frames(sock))
+                except zmq.Again:  # readable said yes, the queue said no: wait again
+                    break
         return out, False
 
     def close(self, before: Callable[[], object] | None = None, linger: int | None = 0
