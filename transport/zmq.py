@@ -15,15 +15,18 @@ flight fail with :class:`~transport.errors.LinkClosed`. DEALER reconnects by its
 the server comes back. Requests submitted while not connected fail at once with
 ``LinkClosed`` (ZMQ_IMMEDIATE), so an agent can fail over without waiting.
 
-Each link owns one I/O thread and one zmq context (ZAP is per context). The I/O thread
-only receives: a client's caller sends its request itself, and the server's worker sends
-its reply itself, under the socket's lock (see :class:`_SharedSocket`), with no thread
-hand-off per message. ``handler.on_reject("unknown_key", None)`` is called from the ZAP
-thread, every other handler call from the I/O thread.
+Each link owns one I/O thread and one zmq context (ZAP is per context). On the client, a
+caller sends its request itself, under the socket's lock (see :class:`_SharedSocket`),
+and the I/O thread only receives; on the server, other threads hand the I/O thread
+outgoing frames through a queue and a self-pipe, and it sends a batch's replies in one
+burst (measured cheaper in CPU per request than each worker sending its own: libzmq's
+I/O thread then wakes once per burst, not once per reply). ``handler.on_reject("unknown_key",
+None)`` is called from the ZAP thread, every other handler call from the I/O thread.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -151,16 +154,15 @@ class _SharedSocket:
                     break
         return out, False
 
-    def close(self, before: Callable[[], object] | None = None, linger: int | None = 0
-              ) -> None:
-        """Close the socket (``before`` runs first, under the lock; ``linger`` None keeps
-        the socket's own LINGER); later sends and drains find it closed."""
+    def close(self, before: Callable[[], object] | None = None) -> None:
+        """Close the socket (``before`` runs first, under the lock); later sends and
+        drains find it closed."""
         with self._lock:
             sock, self._sock = self._sock, None
             if sock is not None:
                 if before is not None:
                     before()
-                sock.close(linger)
+                sock.close(0)
 
 
 def _heartbeats(sock: zmq.Socket, ivl: int, timeout: int, ttl: int) -> None:
@@ -187,7 +189,7 @@ class _Authenticator(zmq.auth.thread.ThreadAuthenticator):
 
 
 class _RouterResponder:
-    """Sends frames back to one peer, on the calling thread (see :class:`_SharedSocket`)."""
+    """Sends frames back to one peer through the server's I/O thread."""
 
     __slots__ = ("_identity", "_link")
 
@@ -195,7 +197,7 @@ class _RouterResponder:
         self._link, self._identity = link, identity
 
     def __call__(self, msg: Reply | Pong) -> None:
-        self._link._reply(self._identity, wire.encode(msg))
+        self._link._enqueue(self._identity, wire.encode(msg))
 
 
 class ZmqServerLink(ServerLink):
@@ -222,7 +224,7 @@ class ZmqServerLink(ServerLink):
         self._allowed_ids: frozenset[str] = frozenset()
         self._revoked: dict[bytes, str] = {}
         self._lock = threading.Lock()
-        self._shared: _SharedSocket | None = None  # set by the I/O thread once bound
+        self._outbox: collections.deque[tuple[bytes, list]] = collections.deque()
         self._waker = Waker()
         self._bound: list[str] = []
         self._thread: threading.Thread | None = None
@@ -318,22 +320,10 @@ class ZmqServerLink(ServerLink):
             self._ctx.term()
             self._ctx = None
 
-    def _reply(self, identity: bytes, frames: list) -> None:
-        """Send a reply now, on this thread (a batch's worker, or the I/O thread for
-        refusals and pongs): no hand-off to the I/O thread."""
-        shared = self._shared
-        try:
-            readable = shared.send([identity, *frames]) if shared is not None else None
-        except zmq.Again:
-            log.warning("reply dropped: peer's queue is full")
-            return
-        except zmq.ZMQError as e:
-            log.info("reply dropped: peer gone (%s)", e.strerror)
-            return
-        if readable is None:
-            log.info("reply dropped: link stopped")
-        elif readable:
-            self._waker.wake()  # the send may have taken the I/O thread's wake-up signal
+    def _enqueue(self, identity: bytes, frames: list) -> None:
+        self._outbox.append((identity, frames))
+        if threading.current_thread() is not self._thread:
+            self._waker.wake()  # the I/O thread flushes after each batch anyway
 
     def _make_socket(self) -> zmq.Socket:
         assert self._ctx is not None
@@ -367,26 +357,37 @@ class ZmqServerLink(ServerLink):
             self._start_error = e
             self._started.set()
             return
-        shared = _SharedSocket(sock)
         poller = zmq.Poller()
-        poller.register(shared.fd, zmq.POLLIN)
+        poller.register(sock, zmq.POLLIN)
         poller.register(self._waker.fd, zmq.POLLIN)
-        self._shared = shared
         self._started.set()
-        more = False
         try:
             while not self._stopping.is_set():
-                events = dict(poller.poll(0 if more else 1000))
+                events = dict(poller.poll(1000))
                 if self._waker.fd in events:
                     self._waker.drain()
-                # Always drain: a reply's send may have consumed the descriptor's signal.
-                # Bounded, and the lock is free again before the messages are handled.
-                msgs, more = shared.drain(256)
-                for msg in msgs:
-                    self._on_message(msg)
+                self._flush(sock)
+                if sock in events:
+                    for _ in range(256):  # bounded batch so replies are not starved
+                        try:
+                            msg = _recv_frames(sock)
+                        except zmq.Again:
+                            break
+                        self._on_message(msg)
+                    self._flush(sock)  # replies a synchronous handler just gave
+            self._flush(sock)
         finally:
-            self._shared = None
-            shared.close(linger=None)  # the socket's own LINGER: replies just sent go out
+            sock.close()
+
+    def _flush(self, sock: zmq.Socket) -> None:
+        while self._outbox:
+            identity, frames = self._outbox.popleft()
+            try:
+                _send_frames(sock, [identity, *frames])
+            except zmq.Again:
+                log.warning("reply dropped: peer's queue is full")
+            except zmq.ZMQError as e:
+                log.info("reply dropped: peer gone (%s)", e.strerror)
 
     def _on_message(self, msg: list[Any]) -> None:
         identity, frames = msg[0].bytes, msg[1:]
