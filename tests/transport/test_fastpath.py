@@ -107,3 +107,20 @@ def test_many_threads_submit_at_once_on_one_zmq_link(tmp_path: Path,
             client.submit(make_request("late", {"x": np.ones((1, 8), np.float32)})).result(5)
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("codec", [None, "int8"])
+def test_reply_header_written_directly_is_the_general_encoders(codec: str | None) -> None:
+    import json
+
+    reply = Reply(request_id='ü"id\\', status=Status.INTERNAL, error="bad\n\"x",
+                  queue_ms=1.25, compute_ms=3,
+                  tensors={"y": np.zeros((2, 10), np.float32), "zé": np.ones((3,), np.int64)})
+    head = bytes(wire.encode(reply, codec)[0])
+    descs = wire._tensor_frames(reply.tensors, wire._SPECS.get(codec or "raw"))[0]
+    general = wire._head(2, {"id": reply.request_id, "status": 8, "error": reply.error,
+                             "queue_ms": 1.25, "compute_ms": 3.0, "t": descs})
+    assert head == general
+    assert json.loads(head[2:])["error"] == "bad\n\"x"
+    with pytest.raises(ValueError):
+        wire.encode(Reply(request_id="n", queue_ms=float("nan")))
