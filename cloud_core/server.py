@@ -33,7 +33,13 @@ from cloud_core.errors import (
 )
 from cloud_core.metrics import UNKNOWN, CloudMetrics
 from cloud_core.repository import LoadedVersion, Repository
-from cloud_core.validate import Target, Validated, check_request, resolve_target
+from cloud_core.validate import (
+    Target,
+    Validated,
+    check_request,
+    forget_version,
+    resolve_target,
+)
 from contract.tracing import Span, tracer_for, wall_ns
 from transport.base import Responder, ServerLink
 from transport.messages import Directive, Fetch, LoadReport, Reply, Report, Request, Status
@@ -488,6 +494,7 @@ class CloudCore:
     def _retire(self, lv: LoadedVersion) -> None:
         self.batcher.retire(lambda k: k[0] == lv.name and k[1] == lv.version,
                             timeout=self.config.grace_s)
+        forget_version(lv)
         lv.close()
         self.metrics.models_loaded.set(len(self.repository.all_loaded()))
 

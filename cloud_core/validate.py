@@ -24,8 +24,8 @@ from contract.bundle import CutSpec, TensorSpec
 from contract.dtypes import UnknownDType, numpy_dtype
 from transport.messages import Request
 
-__all__ = ["Target", "Validated", "check_request", "is_dynamic", "resolve_target",
-           "validate_request"]
+__all__ = ["Target", "Validated", "check_request", "forget_version", "is_dynamic",
+           "resolve_target", "validate_request"]
 
 
 def is_dynamic(dim: object) -> bool:
@@ -129,6 +129,16 @@ def resolve_target(request: Request, repo: Repository) -> Target:
 _TARGETS: dict[tuple[int, str], Target] = {}
 _CHECKED: dict[tuple[int, int, tuple], tuple[CutSpec, int, tuple[tuple[int, ...], ...]]] = {}
 _CACHE_MAX = 1024
+
+
+def forget_version(lv: LoadedVersion) -> None:
+    """Drop what is remembered about ``lv`` (an unloaded version is not kept alive by
+    these caches)."""
+    cuts = {id(c) for c in lv.bundle.manifest.cuts}
+    for k in [k for k, t in list(_TARGETS.items()) if t.version is lv]:
+        _TARGETS.pop(k, None)
+    for k in [k for k in list(_CHECKED) if k[0] in cuts]:
+        _CHECKED.pop(k, None)
 
 
 def _remember(cache: dict, key: object, value: object) -> None:

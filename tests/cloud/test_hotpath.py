@@ -70,3 +70,21 @@ def test_queue_depth_gauge_shows_what_waits(core_factory: Callable[..., CloudCor
     while metric(core, "tiersplit_cloud_queue_depth", **labels) != 0:
         assert time.monotonic() < end, "queue depth never went back to 0"
         time.sleep(0.01)
+
+
+def test_an_unloaded_version_is_not_kept_by_the_caches(core: CloudCore) -> None:
+    from cloud_core import validate
+
+    versions = core.repository.loaded_versions("mlp")
+    assert len(versions) >= 2
+    active = core.repository.active("mlp")
+    lv = next(x for x in core.repository.all_loaded()
+              if x.name == "mlp" and x.version != active.version)
+    req = make_request(lv, "h1", {"h1": np.ones((1, 32), np.float32)})
+    check_request(req, resolve_target(req, core.repository), max_request_bytes=1 << 20,
+                  max_batch=8)
+    assert any(t.version is lv for t in validate._TARGETS.values())
+    core.unload_model("mlp", lv.version)
+    assert not any(t.version is lv for t in validate._TARGETS.values())
+    cuts = {id(c) for c in lv.bundle.manifest.cuts}
+    assert not any(id(v[0]) in cuts for v in validate._CHECKED.values())
