@@ -492,8 +492,9 @@ def main() -> None:
         con.print(t)
         con.print(f"framework overhead beyond the bare ZMQ socket at 1 MiB: loopback "
                   f"{(ours - raw_zmq) / raw_zmq * 100:+.1f} % "
-                  f"({(ours - raw_zmq) * 1000:.0f} us per request, mostly two thread "
-                  f"hand-offs); emulated wifi {(emu_ours - emu_zmq) / emu_zmq * 100:+.1f} % "
+                  f"({(ours - raw_zmq) * 1000:.0f} us per request: the reply's hand-off from "
+                  f"the link's I/O thread to the caller, and Python); emulated wifi "
+                  f"{(emu_ours - emu_zmq) / emu_zmq * 100:+.1f} % "
                   f"(goal <= 5 %)", soft_wrap=True)
     finally:
         for p in procs:

@@ -205,6 +205,9 @@ class Batcher:
         self._on_depth(key, depth)
 
     def _queue(self, key: Key) -> _Queue:
+        q = self._queues.get(key)  # one atomic read: the common case takes no lock
+        if q is not None and not q.retired:
+            return q
         with self._lock:
             q = self._queues.get(key)
             if q is None or q.retired:
@@ -220,6 +223,12 @@ class Batcher:
         with self._lock:
             queues = list(self._queues.values())
         return sum(len(q.entries) for q in queues)
+
+    def depths(self) -> dict[Key, int]:
+        """Requests waiting, by queue key (a snapshot; metrics read it when scraped)."""
+        with self._lock:
+            queues = list(self._queues.values())
+        return {q.key: len(q.entries) for q in queues}
 
     @property
     def busy(self) -> int:

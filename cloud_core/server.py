@@ -33,7 +33,13 @@ from cloud_core.errors import (
 )
 from cloud_core.metrics import UNKNOWN, CloudMetrics
 from cloud_core.repository import LoadedVersion, Repository
-from cloud_core.validate import Target, Validated, check_request, resolve_target
+from cloud_core.validate import (
+    Target,
+    Validated,
+    check_request,
+    forget_version,
+    resolve_target,
+)
 from contract.tracing import Span, tracer_for, wall_ns
 from transport.base import Responder, ServerLink
 from transport.messages import Directive, Fetch, LoadReport, Reply, Report, Request, Status
@@ -77,8 +83,7 @@ class CloudCore:
         self._queue_ms = 0.0  # EWMA of recent queue times, for load reports
         self._inflight = 0
         self._count_lock = threading.Lock()
-        self._depths: dict[tuple[Any, ...], int] = {}  # queue depth by batcher key
-        self._depth_totals: dict[tuple[Any, ...], int] = {}  # summed over shapes
+        self._children: dict[tuple[str, str, str], tuple[Any, ...]] = {}  # per batch
         self._depth_gauges: dict[tuple[Any, ...], Any] = {}  # labelled gauge children
         self._http: Any = None
         self._admin: Any = None
@@ -366,20 +371,21 @@ class CloudCore:
 
     def _depth(self, key: tuple[Any, ...], depth: int) -> None:
         # One queue per (model, version, cut, sample shapes); the gauge sums the shapes.
-        # Called on every submit: totals are kept incrementally, children looked up once.
+        # Called on every submit, so it does nothing once the gauge exists: the gauge
+        # reads the batcher's queues when it is scraped, not on every request.
         labels = key[:3]
+        if labels in self._depth_gauges:
+            return
         with self._count_lock:
-            old = self._depths.pop(key, 0)
-            if depth:
-                self._depths[key] = depth
-            total = self._depth_totals.get(labels, 0) + depth - old
-            self._depth_totals[labels] = total
-            gauge = self._depth_gauges.get(labels)
-            if gauge is None:
-                gauge = self.metrics.queue_depth.labels(model=key[0], version=key[1],
-                                                        cut=key[2])
-                self._depth_gauges[labels] = gauge
-            gauge.set(total)
+            if labels in self._depth_gauges:
+                return
+            gauge = self.metrics.queue_depth.labels(model=key[0], version=key[1], cut=key[2])
+            gauge.set_function(lambda: self._queued(labels))
+            self._depth_gauges[labels] = gauge
+
+    def _queued(self, labels: tuple[Any, ...]) -> int:
+        """Requests waiting in the queues of one (model, version, cut)."""
+        return sum(n for k, n in self.batcher.depths().items() if k[:3] == labels)
 
     # -- compute ---------------------------------------------------------------------
     def _execute(self, key: tuple[Any, ...], batch: list[Entry]) -> None:
@@ -400,8 +406,9 @@ class CloudCore:
             else:
                 inputs = {t.name: np.concatenate([j.request.tensors[t.name] for j in jobs])
                           for t in cut.tensors}
-            self.metrics.backend_calls.labels(backend=backend.name).inc()
-            self.metrics.backend_items.labels(backend=backend.name).inc(items)
+            children = self._batch_metrics(lv.name, cut.id, backend.name)
+            children[0].inc()
+            children[1].inc(items)
             with self._tracer.active("backend", span.traceparent, {"tiersplit.cut": cut.id}):
                 outputs = backend.run(inputs)
             if self.config.debug.tail_delay_ms:
@@ -423,10 +430,9 @@ class CloudCore:
         compute = time.monotonic() - start
         m = self.metrics
         m.batch_size.observe(items)
-        m.compute_seconds.labels(model=lv.name, cut=cut.id).observe(compute)
-        # Labelled children once per batch, not once per request.
-        m.requests.labels(model=lv.name, cut=cut.id, status="OK").inc(len(batch))
-        queue_hist = m.queue_seconds.labels(model=lv.name, cut=cut.id)
+        _, _, compute_hist, ok_count, queue_hist = children
+        compute_hist.observe(compute)
+        ok_count.inc(len(batch))
         for agent in {j.request.agent_id for j in jobs}:
             m.agent_seen(agent, lv.name, lv.version)
         offset = 0
@@ -441,6 +447,22 @@ class CloudCore:
             _send(job.responder, Reply(request_id=job.request.request_id, status=Status.OK,
                                        tensors=tensors, queue_ms=queued * 1e3,
                                        compute_ms=compute_ms))
+
+    def _batch_metrics(self, model: str, cut: str, backend: str) -> tuple[Any, ...]:
+        """The labelled metric children a batch updates, looked up once per (model, cut,
+        backend) and kept: backend calls, backend items, compute time, OK requests,
+        queue time."""
+        key = (model, cut, backend)
+        children = self._children.get(key)
+        if children is None:
+            m = self.metrics
+            children = (m.backend_calls.labels(backend=backend),
+                        m.backend_items.labels(backend=backend),
+                        m.compute_seconds.labels(model=model, cut=cut),
+                        m.requests.labels(model=model, cut=cut, status="OK"),
+                        m.queue_seconds.labels(model=model, cut=cut))
+            self._children[key] = children
+        return children
 
     def _trace_batch(self, batch: list[Entry], jobs: list[_Job], target: Target,
                      start: float) -> Span:
@@ -472,6 +494,7 @@ class CloudCore:
     def _retire(self, lv: LoadedVersion) -> None:
         self.batcher.retire(lambda k: k[0] == lv.name and k[1] == lv.version,
                             timeout=self.config.grace_s)
+        forget_version(lv)
         lv.close()
         self.metrics.models_loaded.set(len(self.repository.all_loaded()))
 

@@ -24,8 +24,8 @@ from contract.bundle import CutSpec, TensorSpec
 from contract.dtypes import UnknownDType, numpy_dtype
 from transport.messages import Request
 
-__all__ = ["Target", "Validated", "check_request", "is_dynamic", "resolve_target",
-           "validate_request"]
+__all__ = ["Target", "Validated", "check_request", "forget_version", "is_dynamic",
+           "resolve_target", "validate_request"]
 
 
 def is_dynamic(dim: object) -> bool:
@@ -106,6 +106,9 @@ def resolve_target(request: Request, repo: Repository) -> Target:
         CutNotFound: the manifest has no such cut, or it runs entirely on the edge.
     """
     lv = repo.resolve(request.model, request.version, request.digest)
+    hit = _TARGETS.get((id(lv), request.cut))
+    if hit is not None and hit.version is lv:
+        return hit
     backend = lv.tails.get(request.cut)
     if backend is None:
         cloud = sorted(lv.tails)
@@ -114,7 +117,34 @@ def resolve_target(request: Request, repo: Repository) -> Target:
                               f"on the edge; cloud cuts: {cloud}")
         raise CutNotFound(f"{lv.name}:{lv.version} has no cut {request.cut[:64]!r} "
                           f"(cloud cuts: {cloud})")
-    return Target(version=lv, cut=lv.bundle.manifest.cut(request.cut), backend=backend)
+    target = Target(version=lv, cut=lv.bundle.manifest.cut(request.cut), backend=backend)
+    _remember(_TARGETS, (id(lv), request.cut), target)
+    return target
+
+
+# Checked answers, reused by the requests that follow (a stream of requests names the
+# same target with the same shapes). Keyed by object id; every hit is confirmed by
+# identity with the object it was computed for (held in the value, so its id cannot be
+# reused while cached). Only answers that passed are kept, a bounded number of them.
+_TARGETS: dict[tuple[int, str], Target] = {}
+_CHECKED: dict[tuple[int, int, tuple], tuple[CutSpec, int, tuple[tuple[int, ...], ...]]] = {}
+_CACHE_MAX = 1024
+
+
+def forget_version(lv: LoadedVersion) -> None:
+    """Drop what is remembered about ``lv`` (an unloaded version is not kept alive by
+    these caches)."""
+    cuts = {id(c) for c in lv.bundle.manifest.cuts}
+    for k in [k for k, t in list(_TARGETS.items()) if t.version is lv]:
+        _TARGETS.pop(k, None)
+    for k in [k for k in list(_CHECKED) if k[0] in cuts]:
+        _CHECKED.pop(k, None)
+
+
+def _remember(cache: dict, key: object, value: object) -> None:
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = value
 
 
 def _check_shape(spec: TensorSpec, got: tuple[int, ...]) -> None:
@@ -154,6 +184,11 @@ def check_request(request: Request, target: Target, *, max_request_bytes: int,
     if total > max_request_bytes:
         raise InvalidInput(f"request carries {total} tensor bytes, over the limit of "
                            f"{max_request_bytes}", reason="oversize")
+    sig = _signature(tensors)
+    if sig is not None:
+        hit = _CHECKED.get((id(cut), max_batch, sig))
+        if hit is not None and hit[0] is cut:
+            return Validated(target=target, items=hit[1], sample_shapes=hit[2])
     expected = [t.name for t in cut.tensors]
     if set(tensors) != set(expected):
         missing = sorted(set(expected) - set(tensors))
@@ -186,7 +221,21 @@ def check_request(request: Request, target: Target, *, max_request_bytes: int,
     if items > max_batch:
         raise InvalidInput(f"request batch of {items} exceeds max_batch {max_batch}; "
                            "split it", reason="batch")
-    return Validated(target=target, items=items, sample_shapes=tuple(shapes))
+    sample_shapes = tuple(shapes)
+    if sig is not None:
+        _remember(_CHECKED, (id(cut), max_batch, sig), (cut, items, sample_shapes))
+    return Validated(target=target, items=items, sample_shapes=sample_shapes)
+
+
+def _signature(tensors: dict[str, object]) -> tuple | None:
+    """What the name, dtype and shape checks look at, as a key (None unless every
+    tensor is a plain ndarray)."""
+    sig = []
+    for name, arr in tensors.items():
+        if arr.__class__ is not np.ndarray:
+            return None
+        sig.append((name, arr.dtype, arr.shape))
+    return tuple(sig)
 
 
 def validate_request(request: Request, repo: Repository, *, max_request_bytes: int,

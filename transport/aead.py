@@ -82,8 +82,8 @@ def derive_key(own: X25519PrivateKey, peer: X25519PublicKey, agent_id: str,
                 info=f"{direction}|{agent_id}".encode()).derive(shared)
 
 
-def _aad(header: bytes, agent_id: str, direction: str) -> bytes:
-    return b"tiersplit/" + direction.encode() + b"/" + agent_id.encode() + b"|" + header
+def _aad_prefix(agent_id: str, direction: str) -> bytes:
+    return b"tiersplit/" + direction.encode() + b"/" + agent_id.encode() + b"|"
 
 
 class Sealer:
@@ -99,18 +99,24 @@ class Sealer:
         self._clock = clock
         self._last = 0
         self._lock = threading.Lock()
+        self._aad = _aad_prefix(agent_id, direction)
 
     def _next_seq(self) -> int:
         with self._lock:
             self._last = max(self._last + 1, int(self._clock() * 1_000_000))
             return self._last
 
-    def seal(self, plaintext: bytes | memoryview) -> bytes:
+    def seal(self, plaintext: bytes | memoryview) -> bytearray:
+        """The envelope of ``plaintext`` (header + ciphertext + tag), as a bytearray."""
         header = _HEADER.pack(_VERSION, self._alg_id, self.sender, self._next_seq(),
                               os.urandom(12))
-        ct = self._aead.encrypt(header[-12:], bytes(plaintext),
-                                _aad(header, self.agent_id, self.direction))
-        return header + ct
+        # Encrypted straight behind the header: no copy of the plaintext or ciphertext.
+        size = memoryview(plaintext).nbytes
+        out = bytearray(_HEADER.size + size + _TAG)
+        out[:_HEADER.size] = header
+        self._aead.encrypt_into(header[-12:], plaintext, self._aad + header,
+                                memoryview(out)[_HEADER.size:])
+        return out
 
 
 class ReplayWindow:
@@ -183,6 +189,7 @@ class Opener:
                  window: ReplayWindow | None = None) -> None:
         self._aeads = {alg_id: cls(key) for alg_id, cls in _ALGS.values()}
         self.agent_id, self.direction = agent_id, direction
+        self._aad = _aad_prefix(agent_id, direction)
         self.window = window if window is not None else ReplayWindow()
 
     def open(self, envelope: bytes | memoryview) -> Opened:
@@ -211,8 +218,8 @@ class Opener:
 
     def _decrypt(self, env: bytes, alg_id: int, nonce: bytes) -> bytes:
         header = env[:_HEADER.size]
-        try:
-            return self._aeads[alg_id].decrypt(nonce, env[_HEADER.size:],
-                                               _aad(header, self.agent_id, self.direction))
+        try:  # the ciphertext as a view: no copy of it
+            return self._aeads[alg_id].decrypt(nonce, memoryview(env)[_HEADER.size:],
+                                               self._aad + header)
         except InvalidTag:
             raise AuthError("payload failed authentication (tampered or wrong key)") from None

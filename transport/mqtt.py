@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 _AGENT_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 _CONNECT_TIMEOUT_S = 10.0
 _FLUSH_TIMEOUT_S = 5.0
+_PRUNE_MIN = 256  # replies remembered before published ones are forgotten
 
 
 def load_x25519_allow_list(directory: Path) -> dict[str, X25519PublicKey]:
@@ -202,6 +203,7 @@ class MqttServerLink(ServerLink):
         self._subscribed = threading.Event()
         self._inflight: set[Any] = set()
         self._inflight_lock = threading.Lock()
+        self._prune_at = _PRUNE_MIN
         self.presence_topic = f"{cfg.prefix}/cloud/{self._client_id}"
         self._skew_log = _SkewLog("requests of agent {peer}", "the cloud's")
         self.reload_allowed()
@@ -359,8 +361,12 @@ class MqttServerLink(ServerLink):
         payload = crypto.sealer.seal(wire.pack_frames(wire.encode(msg)))
         info = client.publish(f"{self._prefix}/rep/{agent_id}", payload, qos=1)
         with self._inflight_lock:
-            self._inflight = {i for i in self._inflight if not i.is_published()}
             self._inflight.add(info)
+            if len(self._inflight) > self._prune_at:
+                # Forget published replies in bulk, not on every reply: the set only
+                # serves stop(), to wait for replies still on their way.
+                self._inflight = {i for i in self._inflight if not i.is_published()}
+                self._prune_at = max(_PRUNE_MIN, 2 * len(self._inflight))
 
 
 class MqttClientLink(LinkState, ClientLink):
@@ -434,10 +440,10 @@ class MqttClientLink(LinkState, ClientLink):
 
     # -- ClientLink -------------------------------------------------------------------
 
-    def _seal(self, frames: list) -> bytes:
+    def _seal(self, frames: list) -> bytearray:
         return self._sealer.seal(wire.pack_frames(frames))
 
-    def _publish(self, payload: bytes) -> None:
+    def _publish(self, payload: bytes | bytearray) -> None:
         info = self._client.publish(self.request_topic, payload, qos=1)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise LinkClosed(f"publish failed: {paho.error_string(info.rc)}")

@@ -85,6 +85,8 @@ _MAX_STR = 4096
 # code in numpy) on every tensor of every message.
 _WIRE_NAME: dict[np.dtype, str] = {np.dtype(d.numpy): d.name for d in DTYPES}
 _RAW = codecs.CodecSpec("raw")
+# Native byte order is the wire's (little-endian): a native array is sent as it is.
+_NATIVE_IS_WIRE = all(np.dtype(d.numpy) == ALLOWED_DTYPES[d.name] for d in DTYPES)
 
 
 class _SpecCache:
@@ -106,6 +108,8 @@ class _SpecCache:
 
 
 _SPECS = _SpecCache()
+_SPECS.get("raw")
+_SPECS._specs["raw"] = _RAW  # the one raw spec, so ``spec is _RAW`` finds it
 
 
 # ----------------------------------------------------------------------------- encode
@@ -115,8 +119,16 @@ def _tensor_frames(tensors: dict[str, np.ndarray], spec: codecs.CodecSpec
     descs: list[dict[str, Any]] = []
     frames: list[bytes | memoryview] = []
     for name, value in tensors.items():
-        arr = np.asarray(value)
-        dname = _WIRE_NAME.get(arr.dtype) or arr.dtype.name
+        arr = value if value.__class__ is np.ndarray else np.asarray(value)
+        dname = _WIRE_NAME.get(arr.dtype)
+        if (spec is _RAW and dname is not None and _NATIVE_IS_WIRE
+                and arr.flags.c_contiguous):
+            # The common case (a reply, a raw request): a view of the caller's array.
+            descs.append({"n": name if name.__class__ is str else str(name), "d": dname,
+                          "s": list(arr.shape), "c": "raw"})
+            frames.append(memoryview(arr.reshape(-1).view(np.uint8)))
+            continue
+        dname = dname or arr.dtype.name
         if dname not in ALLOWED_DTYPES:
             raise DTypeError(f"tensor {name!r}: dtype {arr.dtype} not allowed on the wire; "
                              f"allowed {sorted(ALLOWED_DTYPES)}")
@@ -142,9 +154,13 @@ def _tensor_frames(tensors: dict[str, np.ndarray], spec: codecs.CodecSpec
     return descs, frames
 
 
+# One encoder for every header (``json.dumps`` with options builds a new one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_PREFIX = {k: bytes((WIRE_VERSION, k)) for k in _KINDS}
+
+
 def _head(kind: int, header: dict[str, Any]) -> bytes:
-    body = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
-    return bytes((WIRE_VERSION, kind)) + body
+    return _PREFIX[kind] + _ENCODER.encode(header).encode()
 
 
 def encode(msg: Message, codec: str | None = None) -> list[bytes | memoryview]:
@@ -170,11 +186,7 @@ def encode(msg: Message, codec: str | None = None) -> list[bytes | memoryview]:
         return [head, *frames]
     if isinstance(msg, Reply):
         descs, frames = _tensor_frames(msg.tensors, _SPECS.get(codec) if codec else _RAW)
-        head = _head(_KIND_REPLY, {
-            "id": msg.request_id, "status": int(msg.status), "error": msg.error,
-            "queue_ms": float(msg.queue_ms), "compute_ms": float(msg.compute_ms),
-            "t": descs})
-        return [head, *frames]
+        return [_reply_head(msg, descs), *frames]
     if isinstance(msg, Ping):
         return [_head(_KIND_PING, {"nonce": int(msg.nonce), "sent_at": float(msg.sent_at),
                                    "reply_bytes": int(msg.reply_bytes)}), msg.payload]
@@ -193,6 +205,35 @@ def encode(msg: Message, codec: str | None = None) -> list[bytes | memoryview]:
     if control is not None:
         return control
     raise TypeError(f"cannot encode {type(msg).__name__}")
+
+
+_json_str = json.encoder.encode_basestring_ascii  # JSON string literal (C): "..."
+
+
+def _json_num(x: float) -> str:
+    """A finite float as JSON writes it (``float.__repr__``); non-finite is refused."""
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"non-finite number in a header: {x!r}")
+    return repr(x)
+
+
+def _reply_head(msg: Reply, descs: list[dict[str, Any]]) -> bytes:
+    """A reply's header, written directly: every tensor of every reply has one, and the
+    general encoder costs several times more. The JSON is what :func:`_head` writes for
+    the same fields (descriptors other than a plain raw one go through the encoder)."""
+    parts = []
+    for d in descs:
+        if len(d) == 4 and d["c"] == "raw" and d["d"] in ALLOWED_DTYPES:
+            shape = ",".join([str(int(x)) for x in d["s"]])
+            parts.append(f'{{"n":{_json_str(d["n"])},"d":"{d["d"]}","s":[{shape}],'
+                         f'"c":"raw"}}')
+        else:
+            parts.append(_ENCODER.encode(d))
+    body = (f'{{"id":{_json_str(msg.request_id)},"status":{int(msg.status)},'
+            f'"error":{_json_str(msg.error)},"queue_ms":{_json_num(msg.queue_ms)},'
+            f'"compute_ms":{_json_num(msg.compute_ms)},"t":[{",".join(parts)}]}}')
+    return _PREFIX[_KIND_REPLY] + body.encode()
 
 
 def _encode_control(msg: Message) -> list[bytes | memoryview] | None:
@@ -274,7 +315,7 @@ def _parse_head(frames: Sequence[Any], limits: WireLimits) -> tuple[int, dict[st
     if len(head) > limits.max_header_bytes:
         raise LimitError(f"header of {len(head)} bytes exceeds {limits.max_header_bytes}")
     try:
-        header = _JSON.decode(bytes(head[2:]).decode("utf-8"))
+        header = _JSON.decode(str(head[2:], "utf-8"))
     except (ValueError, RecursionError) as e:
         raise WireError(f"header is not valid JSON ({type(e).__name__})") from None
     if not isinstance(header, dict):
@@ -287,6 +328,27 @@ def _str(h: dict[str, Any], key: str, default: str | None = None) -> str:
     if v.__class__ is not str or len(v) > _MAX_STR:  # JSON makes exact str, never subclasses
         raise WireError(f"header field {key!r} must be a string of at most {_MAX_STR} chars")
     return v
+
+
+# A request's string fields and their defaults (None: required), checked in one call.
+_REQUEST_STRS = (("id", None), ("agent", ""), ("model", None), ("version", ""),
+                 ("digest", ""), ("cut", None), ("codec", "raw"))
+_REPLY_STRS = (("id", None), ("error", ""))
+# Status by code without an enum call per reply (a code with no status is a KeyError,
+# reported as a wire error like any other malformed field).
+_STATUS = {int(s): s for s in Status}
+
+
+def _strs(h: dict[str, Any], fields: tuple[tuple[str, str | None], ...]) -> list[str]:
+    """Several :func:`_str` checks in one pass (a request has seven string fields)."""
+    out = []
+    for key, default in fields:
+        v = h.get(key, default)
+        if v.__class__ is not str or len(v) > _MAX_STR:
+            raise WireError(f"header field {key!r} must be a string of at most {_MAX_STR} "
+                            "chars")
+        out.append(v)
+    return out
 
 
 def _num(h: dict[str, Any], key: str, default: float | None = None) -> float:
@@ -307,6 +369,37 @@ def _int(h: dict[str, Any], key: str, default: int | None = None, lo: int = 0,
     return v
 
 
+# (dtype name, codec string, rank) -> (dtype, spec) for combinations already checked:
+# every message of a stream names the same ones. Only combinations that passed go in,
+# and there are few of them (dtypes x codec spellings x ranks), bounded anyway.
+_KIND_OK: dict[tuple[str, str, int], tuple[np.dtype, codecs.CodecSpec]] = {}
+_KIND_OK_MAX = 512
+
+
+def _tensor_kind(name: str, dname: str, cstr: str, shape: Any, limits: WireLimits
+                 ) -> tuple[np.dtype, codecs.CodecSpec]:
+    """The dtype and codec of one tensor descriptor, after checking its dtype against the
+    allow-list, its shape's form and rank, and that its codec applies to it."""
+    if dname not in ALLOWED_DTYPES:
+        raise DTypeError(f"tensor {name!r}: dtype {dname!r} not in the allow-list")
+    if (shape.__class__ is not list or len(shape) > limits.max_ndim
+            or not all(x.__class__ is int and x >= 0 for x in shape)):
+        raise WireError(f"tensor {name!r}: shape must be a list of at most "
+                        f"{limits.max_ndim} non-negative integers")
+    key = (dname, cstr, len(shape))
+    hit = _KIND_OK.get(key)
+    if hit is not None:
+        return hit
+    dtype = ALLOWED_DTYPES[dname]
+    spec = _SPECS.get(cstr)
+    if spec.for_array(dtype, len(shape)) != spec:
+        raise CodecError(f"tensor {name!r}: codec {spec} does not apply to {dname} "
+                         f"of rank {len(shape)}")
+    if len(_KIND_OK) < _KIND_OK_MAX:
+        _KIND_OK[key] = (dtype, spec)
+    return dtype, spec
+
+
 def _decode_tensors(header: dict[str, Any], frames: Sequence[Any], limits: WireLimits
                     ) -> dict[str, np.ndarray]:
     descs = header.get("t", [])
@@ -321,29 +414,21 @@ def _decode_tensors(header: dict[str, Any], frames: Sequence[Any], limits: WireL
     plan = []
     total = 0
     for i, d in enumerate(descs):
-        if not isinstance(d, dict):
+        if d.__class__ is not dict:
             raise WireError(f"tensor descriptor {i} is not an object")
-        name = _str(d, "n")
-        dname = _str(d, "d")
-        if dname not in ALLOWED_DTYPES:
-            raise DTypeError(f"tensor {name!r}: dtype {dname!r} not in the allow-list")
-        dtype = ALLOWED_DTYPES[dname]
+        name, dname = _str(d, "n"), _str(d, "d")
         shape = d.get("s")
-        if (shape.__class__ is not list or len(shape) > limits.max_ndim
-                or not all(x.__class__ is int and x >= 0 for x in shape)):
-            raise WireError(f"tensor {name!r}: shape must be a list of at most "
-                            f"{limits.max_ndim} non-negative integers")
+        dtype, spec = _tensor_kind(name, dname, _str(d, "c"), shape, limits)
         shape_t = tuple(shape)
-        spec = _SPECS.get(_str(d, "c"))
-        if spec.for_array(dtype, len(shape_t)) != spec:
-            raise CodecError(f"tensor {name!r}: codec {spec} does not apply to {dname} "
-                             f"of rank {len(shape_t)}")
         axis = 0
         if spec.base in codecs.PER_CHANNEL_BITS:
             axis = _int(d, "ax", lo=0, hi=max(len(shape_t) - 1, 0))
         n = math.prod(shape_t)
-        out_bytes = n * (dtype.itemsize if spec.base == "raw" else 4)
-        payload_bytes = codecs.encoded_size(shape_t, dtype, spec.base, axis)
+        if spec.base == "raw":
+            out_bytes = payload_bytes = n * dtype.itemsize
+        else:
+            out_bytes = n * 4
+            payload_bytes = codecs.encoded_size(shape_t, dtype, spec.base, axis)
         if max(out_bytes, payload_bytes) > limits.max_tensor_bytes:
             raise LimitError(f"tensor {name!r} declares {max(out_bytes, payload_bytes)} "
                              f"bytes; limit {limits.max_tensor_bytes}")
@@ -358,8 +443,7 @@ def _decode_tensors(header: dict[str, Any], frames: Sequence[Any], limits: WireL
             raise LimitError(f"tensor {name!r}: compressed frame of {len(buf)} bytes "
                              f"exceeds {limits.max_tensor_bytes}")
         plan.append((name, dtype, shape_t, spec, axis, payload_bytes, buf, d))
-    names = [p[0] for p in plan]
-    if len(set(names)) != len(names):
+    if len(plan) > 1 and len({p[0] for p in plan}) != len(plan):
         raise WireError("duplicate tensor names")
     # Pass 2: decode (allocation now bounded by the checks above).
     out: dict[str, np.ndarray] = {}
@@ -448,17 +532,18 @@ def decode(frames: Sequence[Any], limits: WireLimits = WireLimits()) -> Message:
     try:
         kind, h = _parse_head(frames, limits)
         if kind == _KIND_REQUEST:
+            rid, agent, model, version, digest, cut, codec = _strs(h, _REQUEST_STRS)
+            tp = h.get("tp")
             return Request(
-                request_id=_str(h, "id"), agent_id=_str(h, "agent", ""),
-                model=_str(h, "model"), version=_str(h, "version", ""),
-                digest=_str(h, "digest", ""), cut=_str(h, "cut"),
-                deadline=Deadline.after_ms(_num(h, "budget_ms")),
-                codec=_str(h, "codec", "raw"), tensors=_decode_tensors(h, frames, limits),
-                traceparent=clean_traceparent(h.get("tp")) or "")
+                request_id=rid, agent_id=agent, model=model, version=version, digest=digest,
+                cut=cut, deadline=Deadline.after_ms(_num(h, "budget_ms")), codec=codec,
+                tensors=_decode_tensors(h, frames, limits),
+                traceparent=(clean_traceparent(tp) or "") if tp is not None else "")
         if kind == _KIND_REPLY:
             code = _int(h, "status", lo=0, hi=max(Status))
+            rid, error = _strs(h, _REPLY_STRS)
             return Reply(
-                request_id=_str(h, "id"), status=Status(code), error=_str(h, "error", ""),
+                request_id=rid, status=_STATUS[code], error=error,
                 queue_ms=_num(h, "queue_ms", 0.0), compute_ms=_num(h, "compute_ms", 0.0),
                 tensors=_decode_tensors(h, frames, limits))
         if kind == _KIND_PING:
