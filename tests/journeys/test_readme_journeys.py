@@ -38,9 +38,10 @@ def test_every_journey_command_runs(tmp_path: Path) -> None:
             runner.run(cmd)
     finally:
         runner.close()
+        print(runner.timing_table())  # shown with -rP or on failure: where the time goes
     # The story reaches a running agent that an application calls.
     assert [c.words()[:3] for c in commands if c.is_service] == [
         ["tiersplit", "cloud", "serve"], ["tiersplit", "edge", "run"]]
     assert any("tritonclient" in c.text for c in commands)
-    assert len(runner.outputs) == len(commands)
+    assert len(runner.outputs) == len(runner.timings) == len(commands)
     assert not [p for p in runner.pids if _alive(p)], "a service outlived the test"
