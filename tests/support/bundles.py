@@ -28,7 +28,7 @@ import pytest
 from tiersplit.devtools.bundles import BuiltBundle, load_built
 
 __all__ = ["BuiltBundle", "BundleFactory", "bundle_factory", "bundle_root",
-           "bundle_signing_keys", "digits_bundle", "partition_cache"]
+           "bundle_signing_keys", "cache_env", "digits_bundle", "partition_cache"]
 
 BundleFactory = Callable[..., BuiltBundle]
 
@@ -45,9 +45,19 @@ def bundle_signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
 def partition_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's partition cache directory (``partition(..., cache_dir=...)``).
 
-    Tests of the cache itself keep their own directories; this one is only for fixtures
-    that build the same model with the same settings more than once per session."""
-    return tmp_path_factory.mktemp("partition-cache")
+    Laid out as ``<base>/tiersplit/partition`` so that a ``tiersplit`` process started with
+    :func:`cache_env` (``XDG_CACHE_HOME=<base>``) uses the very same directory as its
+    default. Tests of the cache itself keep their own directories; this one is only for
+    fixtures and commands that build the same model with the same settings more than once
+    per session."""
+    path = tmp_path_factory.mktemp("cache") / "tiersplit" / "partition"
+    path.mkdir(parents=True)
+    return path
+
+
+def cache_env(partition_cache: Path) -> dict[str, str]:
+    """Environment for a child process whose default partition cache is the session one."""
+    return {"XDG_CACHE_HOME": str(partition_cache.parents[1])}
 
 
 @pytest.fixture(scope="session")
