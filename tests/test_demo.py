@@ -13,6 +13,7 @@ import psutil
 import pytest
 from rich.console import Console
 
+from tests.support.bundles import cache_env
 from tiersplit.demo import (
     AgentRun,
     Demo,
@@ -34,14 +35,16 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_demo_runs_loses_nothing_and_cleans_up(tmp_path: Path) -> None:
+def test_demo_runs_loses_nothing_and_cleans_up(tmp_path: Path, partition_cache: Path) -> None:
     plot = tmp_path / "demo.png"
     r = subprocess.run(
         [sys.executable, "-m", "tiersplit.cli", "demo", "--duration", "24",
          "--workdir", str(tmp_path / "work"), "--plot", str(plot)],
         capture_output=True, text=True, timeout=900,
         # A pipe on an 80-column console: what a log file or a small terminal gets.
-        env=dict(os.environ, COLUMNS="80"),
+        # The session partition cache as the demo's default one: a fresh workdir still
+        # partitions, reusing what an identical build in this session computed.
+        env=dict(os.environ, COLUMNS="80", **cache_env(partition_cache)),
     )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-6000:]

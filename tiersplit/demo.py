@@ -143,10 +143,14 @@ def _bundle(opts: DemoOptions, console: Console) -> tuple[Path, Path, Path]:
     bdir = repo / opts.model / "1"
     if not (bdir / "manifest.yaml").exists():
         from partitioner import partition
+        from partitioner.cache import default_root
 
         console.print(f"partitioning zoo:{opts.model} (cached for the next runs)...")
+        # The partitioner's cache (like `tiersplit partition`'s default): a fresh workdir
+        # reuses the export, ranges and judged heads of an earlier identical build.
         partition(f"zoo:{opts.model}", None, repo, name=opts.model, version="1",
-                  signing_key=keys.load_ed25519_private(sec), max_cuts=6, progress=True)
+                  signing_key=keys.load_ed25519_private(sec), max_cuts=6, progress=True,
+                  cache_dir=default_root())
     return bdir, pub, repo
 
 

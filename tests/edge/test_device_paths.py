@@ -187,8 +187,9 @@ def test_cascade_answers_confident_inputs_on_the_device(tails_bundle, ring, clou
 # ---- a partitioner-made bundle: device tails searched and written by `partition` ----
 
 @pytest.fixture(scope="module")
-def partitioned(tmp_path_factory):
-    """The trained digits CNN partitioned with device tails (the default), signed."""
+def partitioned(tmp_path_factory, partition_cache):
+    """The trained digits CNN partitioned with device tails (the default), signed; through
+    the session partition cache, which other areas' digits builds share."""
     from partitioner import partition
     from tiersplit.devtools.bundles import load_built, signing_keys
 
@@ -200,7 +201,7 @@ def partitioned(tmp_path_factory):
     root.setLevel(logging.ERROR)
     try:
         path = partition("zoo:digits_cnn", None, base / "repo", signing_key=secret,
-                         progress=False)
+                         progress=False, cache_dir=partition_cache)
     finally:
         root.setLevel(level)
     return load_built(path, base / "repo", secret, public)

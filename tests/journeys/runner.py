@@ -5,6 +5,10 @@ step of a pipeline fails the command. Commands that serve (``cloud serve``, ``ed
 start in the background through :class:`tiersplit.devtools.services.Service`, which waits
 a bounded time for their ``READY`` line; :meth:`JourneyRunner.close` stops each of them by
 PID (SIGTERM, then SIGKILL), also when a step failed.
+
+Every command's wall time is kept (:attr:`JourneyRunner.timings`); a failure message ends
+with the time each command so far took, and :meth:`JourneyRunner.timing_table` gives the
+whole list, slowest first, to see where a journey's time goes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.journeys.readme import Command, PortMap, adapt
@@ -57,6 +62,7 @@ class JourneyRunner:
         self.command_timeout = command_timeout
         self.services: list[tuple[Command, Service]] = []
         self.outputs: list[tuple[Command, str]] = []
+        self.timings: list[tuple[Command, float]] = []
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="120")
         # The interpreter running the tests provides `tiersplit` and `python`, venv or not.
         self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env['PATH']}"
@@ -68,6 +74,24 @@ class JourneyRunner:
         Raises:
             JourneyFailure: it exited non-zero, hung, or (a service) never printed READY.
         """
+        started = time.perf_counter()
+        try:
+            out = self._run(cmd)
+        except JourneyFailure as e:
+            self.timings.append((cmd, time.perf_counter() - started))
+            raise JourneyFailure(f"{e}\n{self.timing_table()}") from e
+        self.timings.append((cmd, time.perf_counter() - started))
+        return out
+
+    def timing_table(self) -> str:
+        """Seconds per command run so far (the last one included), slowest first."""
+        rows = sorted(self.timings, key=lambda t: -t[1])
+        total = sum(s for _, s in rows)
+        lines = [f"{'seconds':>8}  README line: command  (total {total:.1f} s)"]
+        lines += [f"{s:8.1f}  {c.line}: {c.text.splitlines()[0][:90]}" for c, s in rows]
+        return "\n".join(lines)
+
+    def _run(self, cmd: Command) -> str:
         text = self.ports.apply(adapt(cmd, self.root))
         where = f"README line {cmd.line} ({cmd.section}): `{cmd.text}`"
         if cmd.is_service:

@@ -111,6 +111,11 @@ def test_a_broken_command_fails_the_run_naming_its_line(tmp_path: Path) -> None:
         with pytest.raises(JourneyFailure, match=r"README line 7 \(Inspect\).*exited 2") as e:
             runner.run(cmds[1])
     assert "not a bundle directory" in str(e.value)
+    # the failure says how long each command so far took, the failing one included
+    assert [c.line for c, _ in runner.timings] == [6, 7]
+    assert all(s > 0 for _, s in runner.timings)
+    assert "7: tiersplit inspect out/bundles/no_such_model/1" in str(e.value)
+    assert "6: echo fine" in str(e.value)
 
 
 def test_a_failing_pipeline_stage_fails_the_command(tmp_path: Path) -> None:

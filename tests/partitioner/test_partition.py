@@ -18,10 +18,13 @@ ZOO_CUTS = 6
 
 
 @pytest.fixture(scope="module")
-def zoo_bundles(part_root: Path) -> dict[str, Path]:
+def zoo_bundles(part_root: Path, partition_cache: Path) -> dict[str, Path]:
+    """Every small zoo model, through the session partition cache (other areas build the
+    same models: their exports, calibration ranges and shared heads are reused)."""
     from partitioner import partition
 
-    return {n: partition(f"zoo:{n}", None, part_root, max_cuts=ZOO_CUTS, progress=False)
+    return {n: partition(f"zoo:{n}", None, part_root, max_cuts=ZOO_CUTS, progress=False,
+                         cache_dir=partition_cache)
             for n in zoo.names("small")}
 
 

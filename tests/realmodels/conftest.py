@@ -17,9 +17,13 @@ INPUTS = [f"input_ids:1,seq={SEQ}:int64", f"attention_mask:1,seq={SEQ}:int64"]
 
 
 @pytest.fixture(scope="session")
-def minilm_bundle(tmp_path_factory: pytest.TempPathFactory) -> BuiltBundle:
+def minilm_bundle(tmp_path_factory: pytest.TempPathFactory,
+                  partition_cache: Path) -> BuiltBundle:
     """MiniLM partitioned from its sentence-transformers module (device tails and codec
-    table included), calibrated on ``CALIBRATION`` and judged on ``EVALUATION``."""
+    table included), calibrated on ``CALIBRATION`` and judged on ``EVALUATION``.
+
+    Built through the session ``partition_cache``: the ONNX-file test exports the same
+    module to byte-identical ONNX, so its partition reuses what this one computed."""
     reason = minilm.missing()
     if reason is not None:
         pytest.skip(reason)
@@ -35,7 +39,7 @@ def minilm_bundle(tmp_path_factory: pytest.TempPathFactory) -> BuiltBundle:
         path = partition("partitioner.minilm:make", INPUTS, base / "repo", name="minilm",
                          max_cuts=4, calib_data=minilm.tokenize(CALIBRATION, SEQ),
                          eval_data=minilm.tokenize(EVALUATION, SEQ), signing_key=secret,
-                         progress=False)
+                         progress=False, cache_dir=partition_cache)
     finally:
         root.setLevel(level)
     return load_built(Path(path), base / "repo", secret, public)

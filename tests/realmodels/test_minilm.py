@@ -33,7 +33,14 @@ def torch_bundle(minilm_bundle) -> Path:
 
 
 @pytest.fixture(scope="module")
-def onnx_bundle(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def onnx_bundle(repo: Path, tmp_path_factory: pytest.TempPathFactory,
+                partition_cache: Path) -> Path:
+    """The ONNX-file entry path: a user's own export of the module, partitioned from the
+    file. The export is byte-identical to the torch path's, so through the session
+    ``partition_cache`` the calibration ranges and the quantized heads' held-back figures
+    that the torch build computed are looked up; loading the file, graph analysis, cutting,
+    bundle writing and verification run again, and the test below judges every shipped
+    head on held-back sentences at a length neither build used."""
     import onnx
 
     from partitioner import load, partition
@@ -43,7 +50,7 @@ def onnx_bundle(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return partition(f, None, repo, name="minilm-onnx", max_cuts=3,
                      calib_data=minilm.tokenize(CALIBRATION, SEQ),
                      eval_data=minilm.tokenize(EVALUATION, SEQ), progress=False,
-                     device_tails=False)
+                     device_tails=False, cache_dir=partition_cache)
 
 
 def _reference(sentences: list[str], length: int) -> np.ndarray:
