@@ -114,6 +114,9 @@ class CutWork:
     work: int  # samples per sensitivity-probe batch
     device_tails: bool = True
     eval_digest: str = ""
+    # intra-op threads of the evaluation sessions: the cores left to each process that
+    # works at once (latency is always timed on one thread, as the edge runs it)
+    threads: int = 1
 
     # -- evaluation on the held-back set ------------------------------------------------
 
@@ -130,7 +133,7 @@ class CutWork:
                                     self.classification)
 
             def runner() -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
-                sess = ortutil.session(model)
+                sess = ortutil.session(model, threads=self.threads)
                 if tail_sess is None:
                     return lambda f: sess.run(None, f)
                 return lambda f: run_split(sess, tail_sess, f)
@@ -167,7 +170,8 @@ class CutWork:
         with meter.stage("extract head/tail"):
             head, tail = head_model(info, cut), tail_model(info, cut)
         with meter.stage("verify split"):
-            head_sess, tail_sess = ortutil.session(head), ortutil.session(tail)
+            head_sess = ortutil.session(head, threads=self.threads)
+            tail_sess = ortutil.session(tail, threads=self.threads)
             verify_split(None, head_sess, tail_sess, self.verify_feeds, cut_id=cid,
                          reference=self.ref_verify)
             _check_head_outputs(head_sess, info, cut, cid, self.verify_feeds)

@@ -421,6 +421,7 @@ class _Run:
                        quant, classification, self.make_screen(evald, ref_eval), self.scratch,
                        self.work, self.device_tails, eval_digest)
 
+        work.threads = memory.cores()  # nothing else runs while the full model is searched
         with meter.stage("search full model"):
             full_pick, full_tried, full_fp32_ms = search(
                 info.model, lambda m: work.evaluate(m, None, ()), data.calib,
@@ -449,6 +450,7 @@ class _Run:
                    for cut, cid in zip(cuts, ids, strict=True)]
         tasks = [(cut, cid, common, n, len(cuts)) for n, (cut, cid, common)
                  in enumerate(zip(cuts, ids, commons, strict=True), 1) if cut.kind == "split"]
+        work.threads = max(1, memory.cores() // self.jobs)
         results = self.interior(work, tasks, run_cache)
         specs: list[CutSpec] = []
         for cut, cid, common in zip(cuts, ids, commons, strict=True):
