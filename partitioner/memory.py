@@ -38,6 +38,9 @@ WEIGHT_FACTOR = 10.0
 ACTIVATION_FACTOR = 3.0
 WORK_FACTOR = 2.0
 PARENT_WEIGHT_FACTOR = 4.0  # the run's own process while workers do the cuts
+# Below this many weight bytes a model's cuts take about as long as starting a worker
+# process (seconds): without an explicit --jobs they run one after another.
+PARALLEL_MIN_WEIGHTS = 4 * 2**20
 WORK_BYTES = 256 * 2**20  # all activations of one calibration/probe batch, by default
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6,
           "mib": 2**20, "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12,
@@ -155,10 +158,13 @@ def cores() -> int:
 
 def workers(est: Estimate, cuts: int, budget: int | None, requested: int | None = None,
             *, room: int | None = None, ncores: int | None = None) -> int:
-    """Worker processes for the interior cuts: ``requested`` (default: one per core), at
-    most one per cut, and only as many as fit in ``budget`` (default: the memory the
-    system has available) next to the parent, each estimated as a whole run (``est``).
-    1 means the cuts run one after another in the partitioning process itself."""
+    """Worker processes for the interior cuts: ``requested`` (default: one per core for a
+    model of at least :data:`PARALLEL_MIN_WEIGHTS`, else 1), at most one per cut, and
+    only as many as fit in ``budget`` (default: the memory the system has available)
+    next to the parent, each estimated as a whole run (``est``). 1 means the cuts run one
+    after another in the partitioning process itself."""
+    if requested is None and est.weights < PARALLEL_MIN_WEIGHTS:
+        return 1
     want = min(requested if requested is not None else (ncores or cores()), cuts)
     if want <= 1:
         return 1

@@ -174,9 +174,10 @@ def partition(model: Any, input_shapes: Sequence[Any] | None, out_dir: Path | st
         max_memory: peak-memory budget in bytes: batches shrink to fit it, and a model
             whose estimate does not fit is refused before anything is written.
         meter: receives time and peak RSS per stage (and cache/calibration counters).
-        jobs: worker processes for the interior cuts (None: one per core, as many as
-            fit ``max_memory`` or the available memory by the per-run estimate; 1: one
-            cut after another in this process). The bundle is the same either way.
+        jobs: worker processes for the interior cuts (None: one per core for models of
+            at least ``memory.PARALLEL_MIN_WEIGHTS``, as many as fit ``max_memory`` or the
+            available memory by the per-run estimate; 1: one cut after another in this
+            process). The bundle is the same either way.
 
     Returns:
         The published bundle directory.

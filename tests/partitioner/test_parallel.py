@@ -95,6 +95,10 @@ def test_workers_fit_the_memory_budget() -> None:
     assert memory.workers(est, 10, fits(3), ncores=1) == 1  # default: one per core
     assert memory.workers(est, 10, None, ncores=4, room=fits(4)) == 4  # free memory
     assert memory.workers(est, 10, None, ncores=4, room=0) == 1
+    small = memory.estimate(memory.PARALLEL_MIN_WEIGHTS - 1, 2**20, 16)
+    huge = 100 * small.total
+    assert memory.workers(small, 10, huge, ncores=4) == 1  # not worth a worker's start-up
+    assert memory.workers(small, 10, huge, 3, ncores=4) == 3  # unless asked for
 
 
 def test_jobs_below_one_is_refused(tmp_path: Path) -> None:

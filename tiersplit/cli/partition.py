@@ -142,8 +142,9 @@ def register(app: typer.Typer) -> None:
         no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write "
                                       "the cache."),
         jobs: int = typer.Option(None, "--jobs", min=1, help="Worker processes for the "
-                                 "cuts (default: one per core, as many as fit --max-memory "
-                                 "or the free memory; 1: one cut after another)."),
+                                 "cuts (default: one per core for models of 4 MiB of "
+                                 "weights or more, as many as fit --max-memory or the free "
+                                 "memory; 1: one cut after another)."),
         verbose: bool = typer.Option(False, "--verbose", help="Print time and peak memory "
                                      "per stage, and cache hits."),
     ) -> None:
