@@ -30,7 +30,7 @@ from partitioner.stages import Meter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_cuts"]
+__all__ = ["run_cuts", "share"]
 
 _work: CutWork | None = None
 _queue: Any = None
@@ -92,20 +92,34 @@ def _drain(queue: Any, step: Progress) -> None:
             step.candidate(*args)
 
 
-def run_cuts(work: CutWork, tasks: Sequence[Task], jobs: int, step: Progress, meter: Meter,
+def share(work: CutWork) -> Path | None:
+    """Write ``work`` where the workers read it; None when it cannot be sent to another
+    process (e.g. a user metric that is a lambda): then the cuts run here, in order.
+
+    The shared state goes through a file, not the workers' start-up pipe: a model's
+    worth of bytes in that pipe would block the parent for good if a worker died before
+    reading it, and every worker would hold a second pickled copy meanwhile."""
+    state = work.scratch / ".cut-work.pickle"
+    try:
+        with state.open("wb") as f:
+            pickle.dump(work, f, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError) as e:
+        log.warning("cuts run one after another: their shared state cannot be sent to "
+                    "worker processes (%s)", e)
+        state.unlink(missing_ok=True)
+        return None
+    return state
+
+
+def run_cuts(state: Path, tasks: Sequence[Task], jobs: int, step: Progress, meter: Meter,
              run_cache: _cache.PartitionCache | None) -> Iterator[CutResult]:
-    """Run ``tasks`` on ``jobs`` worker processes; yield their results in task order.
+    """Run ``tasks`` on ``jobs`` worker processes over the work :func:`share` wrote to
+    ``state``; yield their results in task order.
 
     Raises:
         MemoryBudgetError: a worker died (the system ran out of memory).
         PartitionError: whatever a cut raised, as the sequential run would.
     """
-    # The shared state goes through a file, not the workers' start-up pipe: a model's
-    # worth of bytes in that pipe would block the parent for good if a worker died
-    # before reading it, and every worker would hold a second pickled copy meanwhile.
-    state = work.scratch / ".cut-work.pickle"
-    with state.open("wb") as f:
-        pickle.dump(work, f, protocol=pickle.HIGHEST_PROTOCOL)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     drain = threading.Thread(target=_drain, args=(queue, step), name="cut-progress",

@@ -483,11 +483,15 @@ class _Run:
                  run_cache: _cache.PartitionCache | None) -> Iterator[CutResult]:
         """The interior cuts' results in cut order: here, one after another, or on
         ``self.jobs`` worker processes (:mod:`partitioner.parallel`)."""
-        if self.jobs <= 1 or len(tasks) <= 1:
+        from partitioner import parallel
+
+        state = parallel.share(work) if self.jobs > 1 and len(tasks) > 1 else None
+        if state is None:
+            self.meter.facts["jobs"] = 1
+            work.threads = memory.cores()
             for cut, cid, common, n, count in tasks:
                 self.step.cut(cid, n, count)
                 yield work.run_cut(cut, cid, common, self.step)
             return
-        from partitioner.parallel import run_cuts
-
-        yield from run_cuts(work, tasks, self.jobs, self.step, self.meter, run_cache)
+        yield from parallel.run_cuts(state, tasks, self.jobs, self.step, self.meter,
+                                     run_cache)

@@ -82,6 +82,16 @@ def test_two_workers_write_the_sequential_bundle(tmp_path: Path,
     assert any(s.startswith("partition candidate: head of cut") for s in steps)
 
 
+def test_state_workers_cannot_receive_runs_the_cuts_here(tmp_path: Path) -> None:
+    meter = Meter()
+    path = partition("zoo:digits_cnn", None, tmp_path, max_cuts=4, progress=False, jobs=2,
+                     meter=meter, metric=lambda ref, got: 1.0, metric_floor=0.5)
+    b = Bundle.load(path, require_signature=False)
+    assert len([c for c in b.manifest.cuts if c.head and c.tail]) == 2
+    assert meter.facts["jobs"] == 1 and "cut workers" not in meter.counts
+    assert meter.stats["search heads"].calls == 2
+
+
 def test_workers_fit_the_memory_budget() -> None:
     est = memory.estimate(100 * 2**20, 2**20, 16, 50 * 2**20, 2)
     parent = memory.parent_bytes(est)
