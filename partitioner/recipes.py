@@ -114,8 +114,7 @@ def latency_ms(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> float
     cache = _cache.current()
     key = None
     if cache is not None:
-        one_in = {k: v[:1] for k, v in feeds.items()}
-        key = _cache.key_of("latency", _cache.digest_model(model), _cache.digest_arrays(one_in),
+        key = _cache.key_of("latency", _cache.digest_model(model), _feeds_id(feeds, 1),
                             platform.machine(), platform.processor(), os.cpu_count())
         hit = cache.get_json("latency", key)
         if isinstance(hit, (int, float)):
@@ -125,6 +124,15 @@ def latency_ms(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> float
     if cache is not None and key is not None:
         cache.put_json("latency", key, ms)
     return ms
+
+
+def _feeds_id(feeds: Mapping[str, np.ndarray], n: int) -> str:
+    """What identifies the first ``n`` samples of ``feeds`` in a cache key: the key of
+    lazily computed feeds (not computing them), else a digest of those samples."""
+    key = getattr(feeds, "key", None)
+    if key:
+        return f"{key}[:{n}]"
+    return _cache.digest_arrays({k: v[:n] for k, v in feeds.items()})
 
 
 def _time_ms(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> float:
@@ -211,9 +219,8 @@ def _rank(fp32: onnx.ModelProto, quant: onnx.ModelProto, nodes: Sequence[onnx.No
     cache = _cache.current()
     key = None
     if cache is not None:
-        probe = {k: v[:_RANK_SAMPLES] for k, v in feeds.items()}
         key = _cache.key_of("rank", _cache.digest_model(fp32), _cache.digest_model(quant),
-                            [n.name for n in nodes], _cache.digest_arrays(probe))
+                            [n.name for n in nodes], _feeds_id(feeds, _RANK_SAMPLES))
         hit = cache.get_json("rank", key)
         if isinstance(hit, list):
             return [str(x) for x in hit]

@@ -81,9 +81,12 @@ class Screen:
     enabled: bool = True
     first: int | None = None  # samples in the screening chunk (None: one batch)
     whole: bool = False  # a candidate that survives the screen is then run on all at once
+    size: int | None = None  # samples in ``feeds``, when they are computed lazily
 
     @property
     def total(self) -> int:
+        if self.size is not None:
+            return self.size
         return len(next(iter(self.feeds.values())))
 
     def _chunks(self) -> list[tuple[int, int]]:

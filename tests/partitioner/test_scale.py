@@ -68,6 +68,8 @@ def test_rerun_with_new_floor_reuses_cache_and_judges_on_heldback(tmp_path: Path
     for stage in ("time latency", "rank sensitivity"):
         assert stage not in second.stats, stage
     assert second.counts["device-tail calibrations"] == 0
+    assert first.counts["device-tail inputs computed"] >= 2 * interior
+    assert second.counts["device-tail inputs computed"] == 0  # not even the tails' inputs
     tails1 = {c.id: (c.device_tail_recipe, c.device_tail_accuracy) for c in b1.manifest.cuts}
     tails2 = {c.id: (c.device_tail_recipe, c.device_tail_accuracy) for c in b2.manifest.cuts}
     assert tails1 == tails2
