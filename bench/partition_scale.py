@@ -51,6 +51,7 @@ class Result:
     counts: dict[str, int] = field(default_factory=dict)
     facts: dict = field(default_factory=dict)
     error: str = ""
+    load: float = 0.0  # the machine's 5-minute load average when the run ended
 
 
 def _wait(cmd: list[str], env: dict[str, str], timeout_s: float
@@ -78,17 +79,23 @@ def _wait(cmd: list[str], env: dict[str, str], timeout_s: float
 
 
 def run_after(model: str, cuts: int, root: Path, cache: Path, label: str, floor: float,
-              timeout_s: float) -> Result:
+              timeout_s: float, jobs: int | None = None) -> Result:
     """This checkout's partition in a child process, with its stage meter."""
     out = root / f"{label}-{model}-{cuts}.json"
     cmd = [sys.executable, "-m", "bench.partition_scale", "--one", model, "--cuts", str(cuts),
            "--out", str(root / "repo"), "--cache", str(cache), "--floor", str(floor),
            "--version", label, "--json", str(out)]
+    if jobs is not None:
+        cmd += ["--jobs", str(jobs)]
     rc, secs, peak, err, cpu = _wait(cmd, dict(os.environ), timeout_s)
     res = Result(model, cuts, label, secs, peak, rc, cpu, error=err if rc else "")
+    res.load = os.getloadavg()[1]
     if rc == 0 and out.is_file():
         data = json.loads(out.read_text())
         res.stages, res.counts, res.facts = data["stages"], data["counts"], data["facts"]
+        # the kernel's high-water mark is per process; with cut workers the sampled sum
+        # of the run and its workers is the peak that matters
+        res.peak_rss = max(res.peak_rss, int(data.get("peak_rss", 0)))
     return res
 
 
@@ -99,11 +106,12 @@ def run_baseline(model: str, cuts: int, root: Path, checkout: Path,
     cmd = [sys.executable, "-m", "tiersplit", "partition", f"zoo:{model}", "--max-cuts",
            str(cuts), "--out", str(root / "baseline"), "--version", f"b{cuts}"]
     rc, secs, peak, err, cpu = _wait(cmd, env, timeout_s)
-    return Result(model, cuts, "before", secs, peak, rc, cpu, error=err if rc else "")
+    return Result(model, cuts, "before", secs, peak, rc, cpu, error=err if rc else "",
+                  load=os.getloadavg()[1])
 
 
 def one(model: str, cuts: int, out: Path, cache: Path, floor: float, version: str,
-        json_out: Path) -> int:
+        json_out: Path, jobs: int | None = None) -> int:
     """Child: partition one zoo model and write the stage meter as JSON."""
     import logging
 
@@ -113,11 +121,11 @@ def one(model: str, cuts: int, out: Path, cache: Path, floor: float, version: st
     logging.basicConfig(level=logging.WARNING)
     meter = Meter()
     partition(f"zoo:{model}", None, out, version=version, max_cuts=cuts, progress=False,
-              cache_dir=cache, accuracy_floor=floor, meter=meter)
+              cache_dir=cache, accuracy_floor=floor, meter=meter, jobs=jobs)
     json_out.write_text(json.dumps({
         "stages": [{"name": s.name, "depth": s.depth, "calls": s.calls, "seconds": s.seconds,
                     "peak_rss": s.peak_rss} for s in meter.stats.values()],
-        "counts": dict(meter.counts), "facts": meter.facts}))
+        "counts": dict(meter.counts), "facts": meter.facts, "peak_rss": meter.peak_rss}))
     return 0
 
 
@@ -132,16 +140,18 @@ def _goal(r: Result) -> str:
 
 def print_results(results: list[Result], stages: bool = True) -> None:
     t = Table(title="partition at real size: whole run (child process)", title_justify="left")
-    for col in ("model", "cuts", "run", "wall s", "CPU s", "peak RSS", "estimate", "calibrations",
-                "cache hits", "goal"):
+    for col in ("model", "cuts", "run", "jobs", "wall s", "load", "CPU s", "peak RSS", "estimate",
+                "calibrations", "cache hits", "screened out", "goal"):
         t.add_column(col, justify="left" if col in ("model", "run", "goal") else "right")
     for r in results:
         hits = sum(v for k, v in r.counts.items() if k.startswith("cache hits"))
         est = r.facts.get("estimate")
         t.add_row(r.model, str(r.cuts), r.label + (f" [red]rc {r.rc}[/red]" if r.rc else ""),
-                  f"{r.seconds:.1f}", f"{r.cpu_s:.1f}", fmt_bytes(r.peak_rss),
-                  fmt_bytes(est) if est else "—", str(r.counts.get("calibrations", "—")),
-                  str(hits) if r.counts else "—", _goal(r))
+                  str(r.facts.get("jobs", "—")), f"{r.seconds:.1f}", f"{r.load:.1f}",
+                  f"{r.cpu_s:.1f}",
+                  fmt_bytes(r.peak_rss), fmt_bytes(est) if est else "—",
+                  str(r.counts.get("calibrations", "—")), str(hits) if r.counts else "—",
+                  str(r.counts.get("screened out", "—")), _goal(r))
     console.print(t)
     for r in results:
         if r.error:
@@ -168,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="another checkout to time too (its PYTHONPATH root)")
     ap.add_argument("--no-rerun", action="store_true",
                     help="skip the re-run with another floor")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="cut worker processes (default: auto within the free memory)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per partition")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -178,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.one:
         return one(args.one, int(args.cuts), args.out, args.cache, args.floor, args.version,
-                   args.json)
+                   args.json, args.jobs)
     models = [m for m in args.models.split(",") if m]
     cut_counts = [int(c) for c in args.cuts.split(",") if c]
     results: list[Result] = []
@@ -190,12 +202,13 @@ def main(argv: list[str] | None = None) -> int:
                 if args.baseline is not None:
                     mine.append(run_baseline(m, n, root, args.baseline, args.timeout))
                 cache = root / f"cache-{m}-{n}"
-                first = run_after(m, n, root, cache, f"after{n}", 0.99, args.timeout)
+                first = run_after(m, n, root, cache, f"after{n}", 0.99, args.timeout,
+                                  args.jobs)
                 first.label = "after"
                 mine.append(first)
                 if not args.no_rerun and n == cut_counts[0]:
                     again = run_after(m, n, root, cache, f"floor{n}", RERUN_FLOOR,
-                                      args.timeout)
+                                      args.timeout, args.jobs)
                     again.label = f"re-run, floor {RERUN_FLOOR}"
                     mine.append(again)
                     if first.rc == 0 and again.rc == 0:

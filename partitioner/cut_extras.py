@@ -9,17 +9,21 @@ question: what does the edge's output look like next to the fp32 model's.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
 
-from contract.bundle import CutSpec, Manifest
-from partitioner.codec_accuracy import best_codec, measure_codecs
+from contract.bundle import CutCodec, CutSpec, Manifest
+from partitioner import cache as _cache
+from partitioner.codec_accuracy import CANDIDATES, best_codec, measure_codecs
 from partitioner.device_tail import Judge, build_device_tail, with_device_tail
 from partitioner.quantize import CalibrationSet, QuantConfig
 from partitioner.recipes import Floor
+from partitioner.screen import Screen
+from partitioner.split import Comparison
 
 log = logging.getLogger(__name__)
 
@@ -30,25 +34,70 @@ def finish_cut(spec: CutSpec, files: dict[str, onnx.ModelProto], calib: Calibrat
                eval_inputs: Mapping[str, np.ndarray], reference: Sequence[np.ndarray],
                judge: Judge, floor: Floor, classification: bool, *,
                quant: QuantConfig | None = None, device_tails: bool = True,
-               tick: Callable[[str], None] | None = None) -> CutSpec:
+               tick: Callable[[str], None] | None = None,
+               screen: Screen | None = None) -> CutSpec:
     """``spec`` with its codec table and (when ``device_tails``) its device tail; the
     tail's model is added to ``files``. Cuts without both a head and a tail pass as they
-    are."""
+    are. ``screen``: how device-tail candidates are screened on the held-back set."""
     if not (spec.head and spec.tail) or spec.head not in files or spec.tail not in files:
         return spec
     head, tail = files[spec.head], files[spec.tail]
-    spec = spec.model_copy(update={"codecs": measure_codecs(
-        head, tail, eval_inputs, reference, floor, classification, tick=tick)})
+    spec = spec.model_copy(update={"codecs": _codecs(head, tail, eval_inputs, reference,
+                                                     floor, classification, tick)})
     if not device_tails:
         return spec
     result = build_device_tail(spec.id, head, tail, calib, eval_inputs, judge, floor,
-                               classification, quant=quant, tick=tick)
+                               classification, quant=quant, tick=tick, screen=screen)
     if result.pick is None:
         log.warning("cut %s ships no device tail: %s (a failed cloud attempt reruns the "
                     "full model)", spec.id, result.reason)
     else:
         files[result.file] = result.pick.model  # type: ignore[index]
     return with_device_tail(spec, result)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Recorded(Floor):
+    """The run's floor, keeping every judgement made with it (the comparison and metric
+    behind each codec's verdict), so a cached codec table can be judged again under
+    another floor."""
+
+    seen: list = dataclasses.field(default_factory=list, compare=False)
+
+    def met(self, c: Comparison, metric: float | None, classification: bool) -> bool:
+        self.seen.append((dataclasses.asdict(c), metric))
+        return super().met(c, metric, classification)
+
+
+def _codecs(head: onnx.ModelProto, tail: onnx.ModelProto,
+            eval_inputs: Mapping[str, np.ndarray], reference: Sequence[np.ndarray],
+            floor: Floor, classification: bool, tick: Callable[[str], None] | None
+            ) -> list[CutCodec]:
+    """The cut's codec table; cached by the exact head and tail bytes and the held-back
+    data. A hit is re-judged under this run's floor from the figures it keeps (bytes,
+    encode time, and the comparison each verdict was made on), so a re-run with another
+    floor measures no codec again."""
+    run_cache = _cache.current()
+    key = None
+    if run_cache is not None and floor.metric is None:
+        key = _cache.key_of("codecs", _cache.digest_model(head), _cache.digest_model(tail),
+                            _cache.digest_arrays(eval_inputs), classification, list(CANDIDATES))
+        hit = run_cache.get_json("codecs", key)
+        if isinstance(hit, list):
+            try:
+                return [CutCodec(**{**row, "meets_floor": floor.met(
+                    Comparison(**cmp), metric, classification)}) for row, cmp, metric in hit]
+            except (TypeError, ValueError) as e:  # a damaged entry is a miss
+                log.warning("codec cache entry unusable (%s); measuring again", e)
+    recorder = _Recorded(floor.cosine, floor.top1, floor.metric, floor.metric_name,
+                         floor.metric_floor)
+    table = measure_codecs(head, tail, eval_inputs, reference, recorder, classification,
+                           tick=tick)
+    if key is not None and len(recorder.seen) == len(table):
+        run_cache.put_json("codecs", key, [  # type: ignore[union-attr]
+            [row.model_dump(), cmp, metric] for row, (cmp, metric)
+            in zip(table, recorder.seen, strict=True)])
+    return table
 
 
 def extras_table(manifest: Manifest, title: str | None = None):

@@ -13,6 +13,7 @@ device tail and the agent falls back to the full model.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ import numpy as np
 import onnx
 
 from contract.bundle import Accuracy, CutSpec
-from partitioner import ortutil
-from partitioner.quantize import CalibrationSet, QuantConfig
+from partitioner import cache as _cache
+from partitioner import ortutil, stages
+from partitioner.quantize import CalibrationSet, LazyCalibration, LazyFeeds, QuantConfig
 from partitioner.recipes import Candidate, Floor, search
+from partitioner.screen import SCREEN_SAMPLES, Screen, judged
 from partitioner.split import Comparison
 
 log = logging.getLogger(__name__)
@@ -55,10 +58,10 @@ class DeviceTail:
 
 
 def tail_feeds(head: onnx.ModelProto, tail: onnx.ModelProto,
-               inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+               inputs: Mapping[str, np.ndarray], head_sess=None) -> dict[str, np.ndarray]:
     """The tail's inputs for ``inputs``: the head's outputs (and any model input the
-    tail reads directly), by name."""
-    hs = ortutil.session(head)
+    tail reads directly), by name. ``head_sess``: an open session of ``head`` to reuse."""
+    hs = head_sess if head_sess is not None else ortutil.session(head)
     names = [o.name for o in hs.get_outputs()]
     mids = dict(zip(names, hs.run(names, {i.name: inputs[i.name] for i in hs.get_inputs()}),
                     strict=True))
@@ -71,7 +74,8 @@ def build_device_tail(cut_id: str, head_int8: onnx.ModelProto, tail: onnx.ModelP
                       calib: CalibrationSet, eval_inputs: Mapping[str, np.ndarray],
                       judge: Judge, floor: Floor, classification: bool, *,
                       quant: QuantConfig | None = None,
-                      tick: Callable[[str], None] | None = None) -> DeviceTail:
+                      tick: Callable[[str], None] | None = None,
+                      screen: Screen | None = None) -> DeviceTail:
     """Search an int8 device tail for one cut.
 
     Args:
@@ -79,19 +83,61 @@ def build_device_tail(cut_id: str, head_int8: onnx.ModelProto, tail: onnx.ModelP
         tail: the fp32 tail.
         calib / eval_inputs: the bundle's calibration set and held-back model inputs.
         judge: model outputs on ``eval_inputs`` -> (comparison vs fp32, user metric).
+        screen: the run's held-back screen (its reference and floor): candidates that
+            provably miss the floor stop early. None: every candidate runs in full.
 
     Returns:
         The fastest int8 tail meeting the floor, or none with the reason.
     """
-    calib_t = CalibrationSet(tail_feeds(head_int8, tail, calib.arrays))
-    eval_t = tail_feeds(head_int8, tail, eval_inputs)
+    # The tail's inputs (the int8 head's outputs) are computed only when some cache
+    # lookup misses: on a re-run with another floor, every figure is a hit and keyed by
+    # what the inputs are computed from (the head's bytes and the model inputs).
+    sessions: list = []
+
+    def head_sess():
+        if not sessions:
+            sessions.append(ortutil.session(head_int8))
+        return sessions[0]
+
+    def computed(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        stages.current().count("device-tail inputs computed")
+        return tail_feeds(head_int8, tail, inputs, head_sess())
+
+    cached = _cache.current() is not None
+    base = (_cache.key_of(_cache.digest_model(head_int8), [i.name for i in tail.graph.input])
+            if cached else "")
+    n_eval = len(next(iter(eval_inputs.values())))
+    calib_t = LazyCalibration(LazyFeeds(
+        lambda: computed(calib.arrays),
+        _cache.key_of("tail calibration", base, calib.digest) if cached else "",
+        calib.samples))
+    eval_t = LazyFeeds(lambda: computed(eval_inputs),
+                       _cache.key_of("tail held-back", base, _cache.digest_arrays(eval_inputs))
+                       if cached else "", n_eval)
+    tail_screen = None if screen is None else dataclasses.replace(
+        screen, feeds=eval_t, whole=True, first=min(SCREEN_SAMPLES, screen.batch),
+        size=n_eval)
+    eval_digest = eval_t.key
 
     def evaluate(model: onnx.ModelProto) -> tuple[Comparison, float | None]:
-        return judge(ortutil.session(model).run(None, eval_t))
+        if tail_screen is None:
+            return judge(ortutil.session(model).run(None, dict(eval_t)))
+        key = None
+        if floor.metric is None and eval_digest:
+            key = _cache.key_of("device tail", _cache.digest_model(model), eval_digest,
+                                classification)
 
+        def runner() -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+            sess = ortutil.session(model)
+            return lambda f: sess.run(None, f)
+
+        return judged(tail_screen, key, runner, judge)
+
+    # Only an int8 tail ships: the fp32 tail is never a candidate (its figures are the
+    # shipped head's, already known).
     _chosen, tried, fp32_ms = search(tail, evaluate, calib_t, eval_t, floor, classification,
                                      quant=quant, what=f"device tail of cut {cut_id}",
-                                     tick=tick)
+                                     tick=tick, fp32_fallback=False)
     int8 = [c for c in tried if c.meets and c.recipe != "fp32"]
     if not int8:
         best = max((c.comparison.cosine for c in tried if c.recipe != "fp32"), default=None)

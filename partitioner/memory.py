@@ -20,6 +20,7 @@ torch, onnx and ONNX Runtime imported.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -28,13 +29,18 @@ import onnx
 from partitioner.errors import MemoryBudgetError
 from partitioner.stages import fmt_bytes
 
-__all__ = ["Estimate", "activation_bytes", "all_activation_bytes", "check", "estimate",
-           "parse_size", "weight_bytes", "work_batch"]
+__all__ = ["Estimate", "activation_bytes", "all_activation_bytes", "available_bytes", "check",
+           "cores", "estimate",
+           "parent_bytes", "parse_size", "weight_bytes", "work_batch", "workers"]
 
 BASE_BYTES = 450 * 2**20
 WEIGHT_FACTOR = 10.0
 ACTIVATION_FACTOR = 3.0
 WORK_FACTOR = 2.0
+PARENT_WEIGHT_FACTOR = 4.0  # the run's own process while workers do the cuts
+# Below this many weight bytes a model's cuts take about as long as starting a worker
+# process (seconds): without an explicit --jobs they run one after another.
+PARALLEL_MIN_WEIGHTS = 4 * 2**20
 WORK_BYTES = 256 * 2**20  # all activations of one calibration/probe batch, by default
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6,
           "mib": 2**20, "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12,
@@ -124,3 +130,44 @@ def check(est: Estimate, budget: int | None, what: str) -> None:
             f"partitioning {what} needs {est.describe()}, more than --max-memory "
             f"{fmt_bytes(budget)}; nothing was written — raise --max-memory or use a "
             "machine with more memory")
+
+
+def parent_bytes(est: Estimate) -> int:
+    """What the partitioning process itself holds while worker processes do the cuts:
+    the runtime, the analysed model and the reference outputs (no sessions)."""
+    return int(BASE_BYTES + PARENT_WEIGHT_FACTOR * est.weights)
+
+
+def available_bytes() -> int:
+    """Memory the system can give without swapping (psutil), 0 when unknown."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # no psutil or no /proc: no parallelism beyond the budget
+        return 0
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def workers(est: Estimate, cuts: int, budget: int | None, requested: int | None = None,
+            *, room: int | None = None, ncores: int | None = None) -> int:
+    """Worker processes for the interior cuts: ``requested`` (default: one per core for a
+    model of at least :data:`PARALLEL_MIN_WEIGHTS`, else 1), at most one per cut, and
+    only as many as fit in ``budget`` (default: the memory the system has available)
+    next to the parent, each estimated as a whole run (``est``). 1 means the cuts run one
+    after another in the partitioning process itself."""
+    if requested is None and est.weights < PARALLEL_MIN_WEIGHTS:
+        return 1
+    want = min(requested if requested is not None else (ncores or cores()), cuts)
+    if want <= 1:
+        return 1
+    space = budget if budget is not None else (room if room is not None else available_bytes())
+    fit = max(0, space - parent_bytes(est)) // max(est.total, 1)
+    return max(1, min(want, fit)) if fit >= 2 else 1

@@ -66,6 +66,10 @@ def session(model: onnx.ModelProto | Path | str, *, threads: int = 1, optimize: 
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    if threads > 1:
+        # Idle intra-op threads spin by default: on a machine shared with other work that
+        # burns the CPU the other threads (and processes) need.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize

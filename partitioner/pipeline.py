@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,32 +21,28 @@ from typing import Any
 import numpy as np
 import onnx
 
-from contract.bundle import (
-    Accuracy,
-    CutSpec,
-    Manifest,
-    QuantSpec,
-    TensorSpec,
-    write_bundle,
-)
+from contract.bundle import Accuracy, CutSpec, Manifest, QuantSpec, write_bundle
 from contract.errors import BundleExists
 from partitioner import cache as _cache
 from partitioner import load, memory, ortutil
+from partitioner.cutwork import (
+    VERIFY_BATCH,
+    CutResult,
+    CutWork,
+    Task,
+    accuracy,
+    int8_bytes,
+    with_recipe,
+)
+from partitioner.cutwork import specs as cut_specs
 from partitioner.data import CALIBRATION_SAMPLES, EVAL_SAMPLES, decls_from, load_metric, prepare
 from partitioner.errors import GraphError, InputError, QuantizationError
 from partitioner.graph import Cut, GraphInfo, analyze, candidate_cuts, make_cut
 from partitioner.inputs import InputDecl, example_feeds
 from partitioner.progress import Steps
 from partitioner.quantize import QuantConfig
-from partitioner.recipes import Candidate, Floor, search
-from partitioner.split import (
-    Comparison,
-    compare,
-    head_model,
-    run_split,
-    tail_model,
-    verify_split,
-)
+from partitioner.recipes import Floor, search
+from partitioner.screen import Screen
 from partitioner.stages import Meter
 
 log = logging.getLogger(__name__)
@@ -55,7 +51,6 @@ __all__ = ["CALIBRATION_SAMPLES", "EVAL_SAMPLES", "SAMPLES_FILE", "partition"]
 
 SAMPLES_FILE = "samples.npz"  # extra bundle file: inputs named like the model's, batch first
 SAMPLES_KEPT = 16
-_VERIFY_BATCH = 3  # not 1: proves the dynamic batch dimension works end to end
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -76,24 +71,6 @@ def _signing_key(key: Any):
     from transport.keys import load_ed25519_private
 
     return load_ed25519_private(Path(key))
-
-
-def _specs(info: GraphInfo, names: Iterable[str]) -> list[TensorSpec]:
-    return [TensorSpec(name=n, shape=list(info.tensors[n].shape), dtype=info.tensors[n].dtype,
-                       dynamic=list(info.tensors[n].dynamic)) for n in names]
-
-
-def _int8_bytes(info: GraphInfo, names: Iterable[str]) -> int:
-    total = 0
-    for n in names:
-        t = info.tensors[n]
-        total += t.sample_elements if t.dtype.startswith("float") else t.bytes
-    return total
-
-
-def _accuracy(c: Comparison, metric: float | None) -> Accuracy:
-    return Accuracy(max_abs=c.max_abs, mean_abs=c.mean_abs, cosine=c.cosine,
-                    top1_agreement=c.top1_agreement, samples=c.samples, metric=metric)
 
 
 def _resolve_cuts(info: GraphInfo, max_cuts: int,
@@ -162,7 +139,7 @@ def partition(model: Any, input_shapes: Sequence[Any] | None, out_dir: Path | st
               on_drop: Callable[[str, str], None] | None = None,
               device_tails: bool = True,
               cache_dir: Path | str | None = None, max_memory: int | None = None,
-              meter: Meter | None = None) -> Path:
+              meter: Meter | None = None, jobs: int | None = None) -> Path:
     """Partition ``model`` into a verified, accuracy-bounded bundle ``out_dir/name/version``.
 
     Args:
@@ -197,6 +174,10 @@ def partition(model: Any, input_shapes: Sequence[Any] | None, out_dir: Path | st
         max_memory: peak-memory budget in bytes: batches shrink to fit it, and a model
             whose estimate does not fit is refused before anything is written.
         meter: receives time and peak RSS per stage (and cache/calibration counters).
+        jobs: worker processes for the interior cuts (None: one per core for models of
+            at least ``memory.PARALLEL_MIN_WEIGHTS``, as many as fit ``max_memory`` or the
+            available memory by the per-run estimate; 1: one cut after another in this
+            process). The bundle is the same either way.
 
     Returns:
         The published bundle directory.
@@ -229,6 +210,8 @@ def partition(model: Any, input_shapes: Sequence[Any] | None, out_dir: Path | st
                   metric_name=metric_name, metric_floor=metric_floor)
     if max_memory is not None and max_memory <= 0:
         raise ValueError(f"max memory must be positive, got {max_memory}")
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     started = time.perf_counter()
     torch_model = not (isinstance(model, (str, Path)) and (
         str(model).startswith("zoo:") or str(model).endswith(".onnx") or Path(model).is_file()))
@@ -266,6 +249,7 @@ def partition(model: Any, input_shapes: Sequence[Any] | None, out_dir: Path | st
         ids = _cut_ids(cuts)
         splits = [c for c in cuts if c.kind == "split"]
         run.fit_batch(info, weights, max_memory, name)
+        run.plan_jobs(len(splits), max_memory, jobs)
         step.total(2 + 2 * len(splits) + 2)
         step("analyze")
         with _cache.bound(_open_cache(cache_dir, info.model, meter)) as run_cache:
@@ -273,7 +257,7 @@ def partition(model: Any, input_shapes: Sequence[Any] | None, out_dir: Path | st
         manifest = Manifest(
             name=name, version=version, created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             source=loaded.source, opset=info.opset, task=loaded.task,  # type: ignore[arg-type]
-            inputs=_specs(info, info.inputs), outputs=_specs(info, info.outputs), cuts=specs,
+            inputs=cut_specs(info, info.inputs), outputs=cut_specs(info, info.outputs), cuts=specs,
             full_accuracy=run.full_acc,
             quantization=QuantSpec(
                 method="accuracy-bounded search (onnxruntime quantize_static/quantize_dynamic)",
@@ -327,12 +311,6 @@ def _check_runs(model: onnx.ModelProto, data) -> None:
     _run_checked(sess, {k: v[:2] for k, v in data.eval.items()}, "evaluation data")
 
 
-def _with_recipe(spec: CutSpec, pick: Candidate, fp32_ms: float) -> CutSpec:
-    return spec.model_copy(update={"recipe": pick.recipe, "excluded_nodes": pick.excluded,
-                                   "latency_ms": round(pick.latency_ms, 4),
-                                   "latency_fp32_ms": round(fp32_ms, 4)})
-
-
 class _Run:
     """The per-cut work of one partition run, one cut at a time.
 
@@ -352,6 +330,8 @@ class _Run:
         self.classification = False
         self.device_tails = True  # ship an int8 device tail per interior cut (when one fits)
         self._chunked = False
+        self.estimate: memory.Estimate | None = None
+        self.jobs = 1  # worker processes for the interior cuts (1: here, in order)
 
     def fit_batch(self, info: GraphInfo, weights: int, budget: int | None, what: str) -> None:
         """Pick the evaluation batch and the (smaller) calibration/probe batch, halving
@@ -364,6 +344,7 @@ class _Run:
             self.batch, work = max(1, self.batch // 2), max(1, work // 2)
             est = memory.estimate(weights, acts, self.batch, every, work)
         memory.check(est, budget, what)
+        self.estimate = est
         log.info("estimated peak memory %s", est.describe())
         self.meter.facts.update(estimate=est.total, batch=self.batch, work_batch=work,
                                 weights=weights, activations=acts, all_activations=every)
@@ -374,6 +355,16 @@ class _Run:
         # Outputs batch-first: the held-back set can run in batches and be concatenated.
         self._chunked = all(info.tensors[o].batch_major for o in info.outputs)
 
+    def plan_jobs(self, cuts: int, budget: int | None, requested: int | None) -> None:
+        """How many worker processes run the interior cuts, within the memory budget."""
+        assert self.estimate is not None
+        self.jobs = memory.workers(self.estimate, cuts, budget, requested)
+        if requested is not None and self.jobs < min(requested, cuts):
+            log.warning("--jobs %d lowered to %d: each cut worker needs %s and the budget "
+                        "is %s", requested, self.jobs, memory.fmt_bytes(self.estimate.total),
+                        "--max-memory" if budget is not None else "the available memory")
+        self.meter.facts["jobs"] = self.jobs
+
     def references(self, model: onnx.ModelProto, evald: Mapping[str, np.ndarray],
                    verify_feeds: Mapping[str, np.ndarray]) -> tuple[list, list]:
         """The full fp32 model's outputs on the held-back and verification inputs, from a
@@ -381,12 +372,6 @@ class _Run:
         sess = ortutil.session(model)
         ref_eval = self.run_batched(lambda f: _run_checked(sess, f, "evaluation data"), evald)
         return ref_eval, sess.run(None, dict(verify_feeds))
-
-    def probe(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Held-back samples for the search's own runs (latency at batch 1, the
-        sensitivity probe that keeps every activation): at most a work batch of them.
-        Accuracy is still judged on the whole held-back set (``evaluate``)."""
-        return {k: v[:self.work] for k, v in feeds.items()}
 
     def save(self, rel: str, model: onnx.ModelProto) -> None:
         onnx.save(model, str(self.scratch / rel))
@@ -403,6 +388,16 @@ class _Run:
                  for i in range(0, n, self.batch)]
         return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
 
+    def make_screen(self, evald: Mapping[str, np.ndarray], ref_eval: Sequence[np.ndarray]
+                    ) -> Screen:
+        """How candidates are evaluated on the held-back set: in batches, stopping early
+        once a candidate provably misses the floor (never with a user metric, which
+        cannot be bounded)."""
+        floor = self.floor
+        return Screen(evald, ref_eval, self.classification, floor.cosine,
+                      floor.top1 if self.classification else None, self.batch,
+                      chunked=self._chunked, enabled=floor.metric is None)
+
     def cuts(self, info: GraphInfo, loaded, data, decls, cuts: Sequence[Cut],
              ids: Sequence[str], run_cache: _cache.PartitionCache | None,
              on_cut: Callable[[CutSpec], None] | None,
@@ -416,38 +411,23 @@ class _Run:
         else:
             ranges = self.scratch / "calibration-ranges.json"
         data.calib.share_ranges(ranges, info.model)
-        verify_feeds = example_feeds(_varied(decls), _VERIFY_BATCH, 7, loaded.vocab)
+        verify_feeds = example_feeds(_varied(decls), VERIFY_BATCH, 7, loaded.vocab)
         evald = data.eval
         eval_digest = _cache.digest_arrays(evald) if run_cache is not None else ""
         with meter.stage("reference outputs"):
             ref_eval, ref_verify = self.references(info.model, evald, verify_feeds)
         if floor.metric is not None:
             floor.score(ref_eval, ref_eval)  # fails now, before any work, if it is broken
+        work = CutWork(info, data.calib, evald, ref_eval, ref_verify, verify_feeds, floor,
+                       quant, classification, self.make_screen(evald, ref_eval), self.scratch,
+                       self.work, self.device_tails, eval_digest)
 
-        def evaluate(model: onnx.ModelProto, tail_sess, scope: Sequence[str]
-                     ) -> tuple[Comparison, float | None]:
-            with meter.stage("evaluate"):
-                key = None
-                if run_cache is not None and floor.metric is None:
-                    key = _cache.key_of(list(scope), _cache.digest_model(model), eval_digest,
-                                        classification)
-                    hit = run_cache.get_json("evaluate", key)
-                    if hit is not None:
-                        return Comparison(**hit), None
-                sess = ortutil.session(model)
-                if tail_sess is None:
-                    outs = self.run_batched(lambda f: sess.run(None, f), evald)
-                else:
-                    outs = self.run_batched(lambda f: run_split(sess, tail_sess, f), evald)
-                result = (compare(ref_eval, outs, classification), floor.score(ref_eval, outs))
-                if key is not None:
-                    run_cache.put_json("evaluate", key, dataclasses.asdict(result[0]))
-                return result
-
+        work.threads = memory.cores()  # nothing else runs while the full model is searched
         with meter.stage("search full model"):
             full_pick, full_tried, full_fp32_ms = search(
-                info.model, lambda m: evaluate(m, None, ()), data.calib, self.probe(evald), floor,
-                classification, quant=quant, what="full model", tick=step.candidate)
+                info.model, lambda m: work.evaluate(m, None, ()), data.calib,
+                work.probe(evald), floor, classification, quant=quant, what="full model",
+                tick=step.candidate)
         if not any(c.recipe != "fp32" for c in full_tried):
             ops = sorted({n.op_type for n in info.model.graph.node})
             raise QuantizationError(
@@ -460,118 +440,58 @@ class _Run:
         self.save("full.onnx", info.model)  # after the search named its nodes
         self.save("full.int8.onnx", full_pick.model)
         full_pick.model = onnx.ModelProto()  # written out; the edge cut needs its figures only
-        self.full_acc = full_acc = _accuracy(full_pick.comparison, full_pick.metric)
+        self.full_acc = full_acc = accuracy(full_pick.comparison, full_pick.metric)
         del full_tried
         gc.collect()
         step("search full model")
 
         total_nodes = max(info.compute_nodes, 1)
+        commons = [dict(id=cid, depth=cut.depth, depth_fraction=cut.depth / total_nodes,
+                        bytes=cut.bytes, head_flops=cut.head_macs, tail_flops=cut.tail_macs)
+                   for cut, cid in zip(cuts, ids, strict=True)]
+        tasks = [(cut, cid, common, n, len(cuts)) for n, (cut, cid, common)
+                 in enumerate(zip(cuts, ids, commons, strict=True), 1) if cut.kind == "split"]
+        work.threads = max(1, memory.cores() // self.jobs)
+        results = self.interior(work, tasks, run_cache)
         specs: list[CutSpec] = []
-        for n, (cut, cid) in enumerate(zip(cuts, ids, strict=True), 1):
-            common = dict(id=cid, depth=cut.depth, depth_fraction=cut.depth / total_nodes,
-                          bytes=cut.bytes, head_flops=cut.head_macs,
-                          tail_flops=cut.tail_macs)
+        for cut, cid, common in zip(cuts, ids, commons, strict=True):
             if cut.kind == "cloud":
-                spec = CutSpec(**common, tensors=_specs(info, info.inputs),
-                               bytes_int8=_int8_bytes(info, info.inputs), tail="full.onnx",
+                spec = CutSpec(**common, tensors=cut_specs(info, info.inputs),
+                               bytes_int8=int8_bytes(info, info.inputs), tail="full.onnx",
                                accuracy=Accuracy(top1_agreement=1.0 if classification else None,
                                                  samples=len(ref_eval[0])), recipe="fp32")
             elif cut.kind == "edge":
-                spec = _with_recipe(CutSpec(**common, tensors=[], bytes_int8=0,
-                                            head="full.int8.onnx", accuracy=full_acc),
-                                    full_pick, full_fp32_ms)
+                spec = with_recipe(CutSpec(**common, tensors=[], bytes_int8=0,
+                                           head="full.int8.onnx", accuracy=full_acc),
+                                   full_pick, full_fp32_ms)
             else:
-                step.cut(cid, n, len(cuts))
-                with meter.stage("cut total"):
-                    spec = self.split_cut(info, cut, cid, common, data, ref_verify,
-                                          verify_feeds, evaluate)
-                gc.collect()
-                if spec is None:
+                result = next(results)
+                self.files += result.files
+                if result.spec is None:
                     reason = f"no head meets the floor (cosine >= {floor.cosine})"
                     log.warning("cut %s dropped: %s", cid, reason)
                     if on_drop is not None:
                         on_drop(cid, reason)
                     continue
-                spec = self.cut_extras(spec, data, evald, ref_eval)
+                spec = result.spec
             specs.append(spec)
             if on_cut is not None:
                 on_cut(spec)
         return specs
 
-    def cut_extras(self, spec: CutSpec, data, evald: Mapping[str, np.ndarray],
-                   ref_eval: list[np.ndarray]) -> CutSpec:
-        """The cut's wire codecs (bytes and the accuracy each keeps) and its int8 device
-        tail (:mod:`partitioner.cut_extras`), from the head and tail already written out;
-        both are released again when done."""
-        from partitioner.cut_extras import finish_cut
+    def interior(self, work: CutWork, tasks: Sequence[Task],
+                 run_cache: _cache.PartitionCache | None) -> Iterator[CutResult]:
+        """The interior cuts' results in cut order: here, one after another, or on
+        ``self.jobs`` worker processes (:mod:`partitioner.parallel`)."""
+        from partitioner import parallel
 
-        if not (spec.head and spec.tail):
-            return spec
-        classification, floor = self.classification, self.floor
-
-        def judge(outs: list[np.ndarray]) -> tuple[Comparison, float | None]:
-            return compare(ref_eval, outs, classification), floor.score(ref_eval, outs)
-
-        with self.meter.stage("device tail + codecs"):
-            models = {rel: onnx.load(str(self.scratch / rel)) for rel in (spec.head, spec.tail)}
-            spec = finish_cut(spec, models, data.calib, evald, ref_eval, judge, floor,
-                              classification, quant=self.quant,
-                              device_tails=self.device_tails, tick=lambda d: self.step(d, 0))
-            if spec.device_tail is not None:
-                self.save(spec.device_tail, models[spec.device_tail])
-            del models
-            gc.collect()
-        return spec
-
-    def split_cut(self, info: GraphInfo, cut: Cut, cid: str, common: dict, data, ref_verify,
-                  verify_feeds, evaluate) -> CutSpec | None:
-        meter, step = self.meter, self.step
-        with meter.stage("extract head/tail"):
-            head, tail = head_model(info, cut), tail_model(info, cut)
-        with meter.stage("verify split"):
-            head_sess, tail_sess = ortutil.session(head), ortutil.session(tail)
-            verify_split(None, head_sess, tail_sess, verify_feeds, cut_id=cid,
-                         reference=ref_verify)
-            _check_head_outputs(head_sess, info, cut, cid, verify_feeds)
-            del head_sess
-        step(f"verify {cid}")
-        with meter.stage("search heads"):
-            pick, tried, fp32_ms = search(
-                head, lambda m: evaluate(m, tail_sess, cut.tensors), data.calib,
-                self.probe(data.eval),
-                self.floor, self.classification, quant=self.quant,
-                what=f"head of cut {cid}", tick=step.candidate)
-        del tried
-        step(f"search {cid}")
-        if pick is None:
-            return None
-        names = {"head": f"head-{cid}.int8.onnx", "head_fp32": f"head-{cid}.onnx",
-                 "tail": f"tail-{cid}.onnx"}
-        spec = CutSpec(**common, tensors=_specs(info, cut.tensors),
-                       bytes_int8=_int8_bytes(info, cut.tensors),
-                       accuracy=_accuracy(pick.comparison, pick.metric), **names)
-        spec = _with_recipe(spec, pick, fp32_ms)
-        # The chosen head (pick.model), the tail (tail, tail_sess) and the held-back
-        # inputs (data.eval) are all at hand here: per-cut checks of the chosen head go
-        # here, before the cut's models are written out and released.
-        with meter.stage("save cut"):
-            self.save(names["head"], pick.model)
-            self.save(names["head_fp32"], head)
-            self.save(names["tail"], tail)
-        return spec
-
-
-def _check_head_outputs(head_sess, info: GraphInfo, cut: Cut, cid: str, feeds) -> None:
-    """The head's outputs are exactly the crossing tensors, in shape and dtype."""
-    names = [o.name for o in head_sess.get_outputs()]
-    if sorted(names) != sorted(cut.tensors):
-        raise GraphError(f"cut {cid}: head outputs {names} != crossing tensors {cut.tensors}")
-    ins = {i.name: feeds[i.name] for i in head_sess.get_inputs()}
-    for n, v in zip(names, head_sess.run(names, ins), strict=True):
-        t = info.tensors[n]
-        want = (_VERIFY_BATCH, *t.shape[1:])
-        fixed = [i for i in range(len(want)) if i not in t.dynamic]
-        if len(v.shape) != len(want) or any(v.shape[i] != want[i] for i in fixed) \
-                or v.dtype.name != t.dtype:
-            raise GraphError(f"cut {cid}: head output {n!r} is {v.dtype.name}{list(v.shape)}, "
-                             f"expected {t.dtype}{list(want)}")
+        state = parallel.share(work) if self.jobs > 1 and len(tasks) > 1 else None
+        if state is None:
+            self.meter.facts["jobs"] = 1
+            work.threads = memory.cores()
+            for cut, cid, common, n, count in tasks:
+                self.step.cut(cid, n, count)
+                yield work.run_cut(cut, cid, common, self.step)
+            return
+        yield from parallel.run_cuts(state, tasks, self.jobs, self.step, self.meter,
+                                     run_cache)

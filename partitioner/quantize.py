@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,8 @@ from partitioner.errors import QuantizationError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CalibrationSet", "QuantConfig", "quantize", "quantized_op_count"]
+__all__ = ["CalibrationSet", "LazyCalibration", "LazyFeeds", "QuantConfig", "quantize",
+           "quantized_op_count"]
 
 
 class _DemoteRootRecords(logging.Filter):
@@ -155,6 +156,52 @@ class CalibrationSet:
         return _Reader()
 
 
+class LazyFeeds(Mapping[str, np.ndarray]):
+    """Inputs that are computed on first use and known by ``key`` until then: a re-run
+    whose every lookup hits the cache (keyed by ``key``) never computes them."""
+
+    def __init__(self, make: Callable[[], Mapping[str, np.ndarray]], key: str,
+                 size: int) -> None:
+        self._make: Callable[[], Mapping[str, np.ndarray]] | None = make
+        self._data: dict[str, np.ndarray] | None = None
+        self.key, self.size = key, size
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        if self._data is None:
+            assert self._make is not None
+            self._data = {k: np.ascontiguousarray(v) for k, v in self._make().items()}
+            self._make = None
+        return self._data
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._arrays()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._arrays())
+
+    def __len__(self) -> int:
+        return len(self._arrays())
+
+
+class LazyCalibration(CalibrationSet):
+    """A calibration set computed on first use (:class:`LazyFeeds`); its digest is the
+    feeds' key, so cache lookups never compute it."""
+
+    def __init__(self, feeds: LazyFeeds) -> None:
+        self._feeds = feeds
+        self.ranges = None
+        self._ranges_model = None
+        self._digest = feeds.key
+
+    @property  # type: ignore[override]
+    def arrays(self) -> dict[str, np.ndarray]:
+        return dict(self._feeds)
+
+    @property  # type: ignore[override]
+    def samples(self) -> int:
+        return self._feeds.size
+
+
 def quantized_op_count(model: onnx.ModelProto) -> int:
     """QuantizeLinear nodes acting on activations (weights are stored pre-quantized)."""
     return sum(1 for n in model.graph.node if n.op_type == "QuantizeLinear")
@@ -178,9 +225,6 @@ def quantize(model: onnx.ModelProto, calib: CalibrationSet, config: QuantConfig 
 
     names = [i.name for i in model.graph.input
              if i.name not in {w.name for w in model.graph.initializer}]
-    missing = [n for n in names if n not in calib.arrays]
-    if missing:
-        raise QuantizationError(f"calibration data lacks input(s) {missing} of the {what}")
     try:
         act, wt = QuantType[config.activation_type], QuantType[config.weight_type]
         method = CalibrationMethod[config.calibrate_method]
@@ -189,12 +233,15 @@ def quantize(model: onnx.ModelProto, calib: CalibrationSet, config: QuantConfig 
                                 "methods MinMax/Entropy/Percentile") from e
     cache = _cache.current()
     key = None
-    if cache is not None:
+    if cache is not None:  # before touching the data: a lazy calibration set stays unmade
         key = _cache.key_of(_cache.digest_model(model), repr(config), sorted(nodes_to_exclude),
                             calib.digest, "static-qdq")
         hit = cache.get_model("quantize", key)
         if hit is not None:
             return _checked_quantized(hit, model, what, require_quantized)
+    missing = [n for n in names if n not in calib.arrays]
+    if missing:
+        raise QuantizationError(f"calibration data lacks input(s) {missing} of the {what}")
     ranges = calib._ranges_for(model)
     try:
         out = _quantize_static(model, calib, config, names, act, wt, method,

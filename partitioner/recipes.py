@@ -14,6 +14,8 @@ candidates that meet the floor, the one with the lowest measured latency ships.
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import statistics
 import tempfile
 import time
@@ -25,7 +27,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from partitioner import ortutil
+from partitioner import cache as _cache
+from partitioner import ortutil, stages
 from partitioner.errors import AccuracyError, QuantizationError
 from partitioner.quantize import CalibrationSet, QuantConfig, _DemoteRootRecords, quantize
 from partitioner.split import Comparison
@@ -104,7 +107,35 @@ class Candidate:
 
 
 def latency_ms(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> float:
-    """Median batch-1 latency on one thread (what an edge device's single core sees)."""
+    """Median batch-1 latency on one thread (what an edge device's single core sees).
+
+    Cached per exact model bytes, input and machine: a re-run with another floor
+    re-judges candidates without timing them again."""
+    cache = _cache.current()
+    key = None
+    if cache is not None:
+        key = _cache.key_of("latency", _cache.digest_model(model), _feeds_id(feeds, 1),
+                            platform.machine(), platform.processor(), os.cpu_count())
+        hit = cache.get_json("latency", key)
+        if isinstance(hit, (int, float)):
+            return float(hit)
+    with stages.current().stage("time latency"):
+        ms = _time_ms(model, feeds)
+    if cache is not None and key is not None:
+        cache.put_json("latency", key, ms)
+    return ms
+
+
+def _feeds_id(feeds: Mapping[str, np.ndarray], n: int) -> str:
+    """What identifies the first ``n`` samples of ``feeds`` in a cache key: the key of
+    lazily computed feeds (not computing them), else a digest of those samples."""
+    key = getattr(feeds, "key", None)
+    if key:
+        return f"{key}[:{n}]"
+    return _cache.digest_arrays({k: v[:n] for k, v in feeds.items()})
+
+
+def _time_ms(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> float:
     sess = ortutil.session(model, threads=1)
     names = {i.name for i in sess.get_inputs()}
     one = {k: v[:1] for k, v in feeds.items() if k in names}
@@ -137,9 +168,26 @@ def _weighted_nodes(model: onnx.ModelProto, ops: set[str]) -> list[onnx.NodeProt
 
 
 def _dynamic(model: onnx.ModelProto, exclude: Sequence[str]) -> onnx.ModelProto:
+    """Dynamic int8 of ``model`` (cached by its exact bytes and the nodes left in float:
+    a re-run with another floor quantizes nothing again)."""
+    cache = _cache.current()
+    key = None
+    if cache is not None:
+        key = _cache.key_of(_cache.digest_model(model), sorted(exclude), "dynamic-int8")
+        hit = cache.get_model("quantize", key)
+        if hit is not None:
+            return hit
+    out = _quantize_dynamic(model, exclude)
+    if cache is not None and key is not None:
+        cache.put_model("quantize", key, out)
+    return out
+
+
+def _quantize_dynamic(model: onnx.ModelProto, exclude: Sequence[str]) -> onnx.ModelProto:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory(prefix="tiersplit-dyn-") as tmp:
+    with stages.current().stage("quantize"), \
+            tempfile.TemporaryDirectory(prefix="tiersplit-dyn-") as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(model, str(src))
         demote = _DemoteRootRecords()
@@ -166,8 +214,27 @@ def _make(recipe: str, model: onnx.ModelProto, calib: CalibrationSet, quant: Qua
 
 def _rank(fp32: onnx.ModelProto, quant: onnx.ModelProto, nodes: Sequence[onnx.NodeProto],
           feeds: Mapping[str, np.ndarray]) -> list[str]:
-    """Quantized nodes, most error added first: relative error of each node's output
-    minus that of its input, both against the fp32 model, on a few samples."""
+    """Quantized nodes, most error added first (cached by both models' exact bytes and
+    the probe inputs)."""
+    cache = _cache.current()
+    key = None
+    if cache is not None:
+        key = _cache.key_of("rank", _cache.digest_model(fp32), _cache.digest_model(quant),
+                            [n.name for n in nodes], _feeds_id(feeds, _RANK_SAMPLES))
+        hit = cache.get_json("rank", key)
+        if isinstance(hit, list):
+            return [str(x) for x in hit]
+    with stages.current().stage("rank sensitivity"):
+        order = _rank_nodes(fp32, quant, nodes, feeds)
+    if cache is not None and key is not None:
+        cache.put_json("rank", key, order)
+    return order
+
+
+def _rank_nodes(fp32: onnx.ModelProto, quant: onnx.ModelProto,
+                nodes: Sequence[onnx.NodeProto], feeds: Mapping[str, np.ndarray]) -> list[str]:
+    """Relative error of each node's output minus that of its input, both against the
+    fp32 model, on a few samples; most error added first."""
     tensors: list[str] = []
     for n in nodes:
         tensors.extend(x for x in (n.input[0], n.output[0]) if x not in tensors)
@@ -208,6 +275,7 @@ def search(head: onnx.ModelProto, evaluate: Callable[[onnx.ModelProto], tuple[Co
            float | None]], calib: CalibrationSet, feeds: Mapping[str, np.ndarray],
            floor: Floor, classification: bool, *, quant: QuantConfig | None = None,
            what: str = "head", tick: Callable[[str], None] | None = None,
+           fp32_fallback: bool = True,
            ) -> tuple[Candidate | None, list[Candidate], float]:
     """Try the recipes on ``head``; return (the fastest candidate meeting the floor or
     None, every candidate tried, fp32 latency in ms).
@@ -217,6 +285,8 @@ def search(head: onnx.ModelProto, evaluate: Callable[[onnx.ModelProto], tuple[Co
             held-back samples.
         feeds: held-back inputs (latency and sensitivity ranking use a few of them).
         tick: progress callback, one call per candidate.
+        fp32_fallback: try the fp32 model itself when no int8 candidate is worth it
+            (False where only int8 can ship).
 
     Raises:
         AccuracyError: the user metric failed.
@@ -263,7 +333,8 @@ def search(head: onnx.ModelProto, evaluate: Callable[[onnx.ModelProto], tuple[Co
                 break
             k *= _FALLBACK_STEP
     passing = [c for c in tried if c.meets]
-    if not passing or min(c.latency_ms for c in passing) > _FP32_MARGIN * fp32_ms:
+    if fp32_fallback and (not passing
+                          or min(c.latency_ms for c in passing) > _FP32_MARGIN * fp32_ms):
         cand = attempt("fp32", ())  # exact, and faster than every int8 head that passed
         if cand is not None and cand.meets:
             cand.latency_ms = fp32_ms

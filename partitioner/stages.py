@@ -140,6 +140,25 @@ class Meter:
         with self._lock:
             self.counts[what] += n
 
+    def export(self) -> dict:
+        """Stage totals and counters as plain data (a worker process sends them back)."""
+        with self._lock:
+            return {"stages": [(s.name, s.seconds, s.peak_rss, s.calls, s.depth)
+                               for s in self.stats.values()],
+                    "counts": dict(self.counts)}
+
+    def merge(self, exported: dict) -> None:
+        """Add another meter's :meth:`export` (a worker's cuts): times and calls add up,
+        peaks keep the highest (the worker's own RSS; this meter's whole-run peak
+        already counts its live children)."""
+        with self._lock:
+            for name, seconds, peak, calls, depth in exported["stages"]:
+                st = self.stats.setdefault(name, StageStat(name, depth=depth))
+                st.seconds += seconds
+                st.calls += calls
+                st.peak_rss = max(st.peak_rss, peak)
+            self.counts.update(exported["counts"])
+
     def table(self, title: str | None = None):
         """A rich table: stage, calls, seconds, share of the run, peak RSS."""
         from rich.table import Table

@@ -59,6 +59,23 @@ def test_rerun_with_new_floor_reuses_cache_and_judges_on_heldback(tmp_path: Path
     assert second.counts["cache misses: quantize"] == 0
     assert "quantize" not in second.stats and "calibrate" not in second.stats
     assert second.counts["cache hits: evaluate"] == first.counts["cache misses: evaluate"]
+    # codec tables, device tails, latencies and sensitivity ranks: all re-judged, none redone
+    interior = len(_split_cuts(b1))
+    assert first.counts["cache misses: codecs"] == interior
+    assert second.counts["cache hits: codecs"] == interior
+    assert second.counts["cache misses: codecs"] == 0
+    assert second.counts["cache hits: latency"] == first.counts["cache misses: latency"] > 0
+    for stage in ("time latency", "rank sensitivity"):
+        assert stage not in second.stats, stage
+    assert second.counts["device-tail calibrations"] == 0
+    assert first.counts["device-tail inputs computed"] >= 2 * interior
+    assert second.counts["device-tail inputs computed"] == 0  # not even the tails' inputs
+    tails1 = {c.id: (c.device_tail_recipe, c.device_tail_accuracy) for c in b1.manifest.cuts}
+    tails2 = {c.id: (c.device_tail_recipe, c.device_tail_accuracy) for c in b2.manifest.cuts}
+    assert tails1 == tails2
+    codecs1 = {c.id: [(k.codec, k.ratio, k.cosine) for k in c.codecs] for c in b1.manifest.cuts}
+    codecs2 = {c.id: [(k.codec, k.ratio, k.cosine) for k in c.codecs] for c in b2.manifest.cuts}
+    assert codecs1 == codecs2
     assert b2.manifest.quantization.accuracy_floor == 0.98
     acc1 = {c.id: (c.recipe, c.accuracy.cosine) for c in b1.manifest.cuts}
     acc2 = {c.id: (c.recipe, c.accuracy.cosine) for c in b2.manifest.cuts}

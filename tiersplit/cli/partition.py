@@ -141,6 +141,10 @@ def register(app: typer.Typer) -> None:
                                        "here (default ~/.cache/tiersplit/partition)."),
         no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write "
                                       "the cache."),
+        jobs: int = typer.Option(None, "--jobs", min=1, help="Worker processes for the "
+                                 "cuts (default: one per core for models of 4 MiB of "
+                                 "weights or more, as many as fit --max-memory or the free "
+                                 "memory; 1: one cut after another)."),
         verbose: bool = typer.Option(False, "--verbose", help="Print time and peak memory "
                                      "per stage, and cache hits."),
     ) -> None:
@@ -172,7 +176,7 @@ def register(app: typer.Typer) -> None:
                        task=task, privacy_floor=privacy_floor, progress=True,
                        accuracy_floor=accuracy_floor, metric=metric, metric_floor=metric_floor,
                        on_drop=dropped, device_tails=device_tails, cache_dir=cache,
-                       max_memory=budget, meter=meter)
+                       max_memory=budget, meter=meter, jobs=jobs)
             b = Bundle.load(path, require_signature=False)
             m = b.manifest
             _print_table(cuts_table(m, title=f"{m.name} v{m.version} — {path}"))
