@@ -15,6 +15,7 @@ rename) so a killed run never leaves a half-written entry that a later run would
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import json
 import logging
@@ -57,15 +58,30 @@ def digest_arrays(arrays: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _versions() -> tuple[str, str]:
+@functools.cache
+def _versions() -> tuple[str, str, str]:
     import onnxruntime
 
-    return onnxruntime.__version__, onnx.__version__
+    return onnxruntime.__version__, onnx.__version__, _code_digest()
+
+
+def _code_digest() -> str:
+    """Digest of the code that computes what the cache keeps (this package and the wire
+    codecs it measures): a changed recipe, screen or codec must not be answered from a
+    result the old code computed, and a version number bumped by hand would be forgotten."""
+    from transport import codecs
+
+    h = hashlib.sha256()
+    files = [*sorted(Path(__file__).parent.glob("*.py")), Path(codecs.__file__)]
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def key_of(*parts: Any) -> str:
-    """A short stable key from JSON-able parts and the onnx/ONNX Runtime versions (another
-    quantizer may produce other heads from the same inputs)."""
+    """A short stable key from JSON-able parts, the onnx/ONNX Runtime versions (another
+    quantizer may produce other heads from the same inputs) and the digest of the code
+    that computes the entries."""
     raw = json.dumps([_versions(), *parts], sort_keys=True, default=str).encode()
     return hashlib.sha256(raw).hexdigest()[:32]
 
