@@ -24,10 +24,11 @@ from partitioner.quantize import CalibrationSet, QuantConfig
 from partitioner.recipes import Floor
 from partitioner.screen import Screen
 from partitioner.split import Comparison
+from transport import codecs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["extras_table", "finish_cut"]
+__all__ = ["candidate_codecs", "extras_table", "finish_cut"]
 
 
 def finish_cut(spec: CutSpec, files: dict[str, onnx.ModelProto], calib: CalibrationSet,
@@ -69,6 +70,27 @@ class _Recorded(Floor):
         return super().met(c, metric, classification)
 
 
+def _serves_other_shapes(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` takes inputs whose shape varies beyond the batch dimension (a
+    sequence length marked dynamic): requests then come at shapes it was not judged at."""
+    for i in model.graph.input:
+        dims = list(i.type.tensor_type.shape.dim)[1:]
+        if any(d.dim_param or not d.HasField("dim_value") for d in dims):
+            return True
+    return False
+
+
+def candidate_codecs(head: onnx.ModelProto) -> tuple[str, ...]:
+    """The codecs judged at a cut. Fitted-range bases (``int3m``/``int2m``) clip each
+    channel to a range fitted to one request's values; judged at the partitioned length
+    they do not carry to other lengths (all-MiniLM-L6-v2, first interior cut:
+    ``int3m+zstd`` keeps mean cosine >= 0.99 on held-back sentences at 32 tokens but gives
+    0.986-0.988 at 16 and 48), so a head that serves other shapes is not offered them."""
+    if not _serves_other_shapes(head):
+        return CANDIDATES
+    return tuple(c for c in CANDIDATES if codecs.parse_spec(c).base not in codecs.FITTED_BITS)
+
+
 def _codecs(head: onnx.ModelProto, tail: onnx.ModelProto,
             eval_inputs: Mapping[str, np.ndarray], reference: Sequence[np.ndarray],
             floor: Floor, classification: bool, tick: Callable[[str], None] | None
@@ -77,11 +99,12 @@ def _codecs(head: onnx.ModelProto, tail: onnx.ModelProto,
     data. A hit is re-judged under this run's floor from the figures it keeps (bytes,
     encode time, and the comparison each verdict was made on), so a re-run with another
     floor measures no codec again."""
+    candidates = candidate_codecs(head)
     run_cache = _cache.current()
     key = None
     if run_cache is not None and floor.metric is None:
         key = _cache.key_of("codecs", _cache.digest_model(head), _cache.digest_model(tail),
-                            _cache.digest_arrays(eval_inputs), classification, list(CANDIDATES))
+                            _cache.digest_arrays(eval_inputs), classification, list(candidates))
         hit = run_cache.get_json("codecs", key)
         if isinstance(hit, list):
             try:
@@ -92,7 +115,7 @@ def _codecs(head: onnx.ModelProto, tail: onnx.ModelProto,
     recorder = _Recorded(floor.cosine, floor.top1, floor.metric, floor.metric_name,
                          floor.metric_floor)
     table = measure_codecs(head, tail, eval_inputs, reference, recorder, classification,
-                           tick=tick)
+                           candidates=candidates, tick=tick)
     if key is not None and len(recorder.seen) == len(table):
         run_cache.put_json("codecs", key, [  # type: ignore[union-attr]
             [row.model_dump(), cmp, metric] for row, (cmp, metric)
