@@ -26,9 +26,10 @@ __all__ = ["fleet_cli", "start_core", "start_fleet", "versions", "wait_versions"
 def start_core(work: Path, repo_root: Path, public_key: Path, fleet: FleetKeys,
                **over: Any) -> CloudProc:
     """``tiersplit cloud serve`` with v1 loaded, its plans in ``work/rollouts.json``."""
+    rollout = {"state_file": str(work / "rollouts.json"), "window_s": 5.0,
+               **over.pop("rollout", {})}
     doc = cloud_doc(repo_root, public_key, fleet, [{"name": MODEL, "versions": ["1"]}],
-                    rollout={"state_file": str(work / "rollouts.json"), "window_s": 5.0},
-                    **over)
+                    rollout=rollout, **over)
     return start_cloud(work, doc)
 
 
