@@ -101,6 +101,19 @@ def wait_busy(core: Any, timeout: float = 30.0) -> None:
         time.sleep(0.005)
 
 
+def queue_behind_a_batch(core: Any, n: int) -> tuple[Inbox, list[Request]]:
+    """``n`` requests for ``mlp``'s cut ``h1`` handed to ``core`` (slowed by its
+    ``debug.tail_delay_ms``), returned once the first batch is executing, so the rest
+    wait in the queue."""
+    lv = core.repository.active("mlp")
+    inbox = Inbox()
+    reqs = [make_request(lv, "h1", {"h1": np.ones((1, 32), np.float32)}) for _ in range(n)]
+    for r in reqs:
+        core.on_request(r, inbox)
+    wait_busy(core)
+    return inbox, reqs
+
+
 def metric(core: Any, name: str, **labels: str) -> float:
     return core.metrics.registry.get_sample_value(name, labels) or 0.0
 

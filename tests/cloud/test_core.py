@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from cloud_core import CloudCore
-from tests.cloud.conftest import TRITON_SERVED, Inbox, make_request, metric, wait_busy
+from tests.cloud.conftest import (
+    TRITON_SERVED,
+    Inbox,
+    make_request,
+    metric,
+    queue_behind_a_batch,
+    wait_busy,
+)
 from tiersplit.devtools import bundles as test_bundles
 from transport.messages import Status
 
@@ -241,12 +248,7 @@ def test_stop_drains_in_flight_then_refuses(core_factory) -> None:
 def test_stop_past_grace_fails_leftovers_unavailable(core_factory) -> None:
     core = core_factory(batching={"max_batch": 1}, executor_workers=1,
                         debug={"tail_delay_ms": 400})
-    lv = core.repository.active("mlp")
-    inbox = Inbox()
-    reqs = [make_request(lv, "h1", {"h1": np.ones((1, 32), np.float32)}) for _ in range(6)]
-    for r in reqs:
-        core.on_request(r, inbox)
-    wait_busy(core)
+    inbox, reqs = queue_behind_a_batch(core, 6)
     core.stop(grace=0.2)
     replies = inbox.wait([r.request_id for r in reqs])
     statuses = [r.status for r in replies]
@@ -258,12 +260,7 @@ def test_stop_past_grace_fails_leftovers_unavailable(core_factory) -> None:
 def test_load_report_reflects_queue(core_factory) -> None:
     core = core_factory(batching={"max_batch": 1}, executor_workers=1,
                         debug={"tail_delay_ms": 300})
-    lv = core.repository.active("mlp")
-    inbox = Inbox()
-    reqs = [make_request(lv, "h1", {"h1": np.ones((1, 32), np.float32)}) for _ in range(3)]
-    for r in reqs:
-        core.on_request(r, inbox)
-    wait_busy(core)
+    inbox, reqs = queue_behind_a_batch(core, 3)
     report = core.load()
     assert report.queue_depth >= 1
     assert report.utilisation == 1.0 and report.inflight == 1

@@ -15,7 +15,7 @@ from cloud_core import CloudCore
 from cloud_core.errors import DeadlineExceeded, InvalidInput
 from cloud_core.validate import check_request, resolve_target
 
-from .conftest import Inbox, make_request, metric, wait_busy
+from .conftest import make_request, metric, queue_behind_a_batch
 
 
 @pytest.fixture
@@ -56,13 +56,8 @@ def test_a_checked_signature_still_gets_every_other_check(core: CloudCore) -> No
 def test_queue_depth_gauge_shows_what_waits(core_factory: Callable[..., CloudCore]) -> None:
     core = core_factory(batching={"max_batch": 1}, executor_workers=1,
                         debug={"tail_delay_ms": 300})
-    lv = core.repository.active("mlp")
-    inbox = Inbox()
-    reqs = [make_request(lv, "h1", {"h1": np.ones((1, 32), np.float32)}) for _ in range(4)]
-    for r in reqs:
-        core.on_request(r, inbox)
-    wait_busy(core)
-    labels = {"model": "mlp", "version": lv.version, "cut": "h1"}
+    inbox, reqs = queue_behind_a_batch(core, 4)
+    labels = {"model": "mlp", "version": reqs[0].version, "cut": "h1"}
     waiting = metric(core, "tiersplit_cloud_queue_depth", **labels)
     assert 1 <= waiting <= 3, waiting  # one runs, the others wait
     inbox.wait([r.request_id for r in reqs])
