@@ -78,18 +78,26 @@ class Rogue:
         self.client.loop_stop()
 
 
+def _offloading_agents(repo: Any, fleet: Any, broker: dict[str, Any], make_agent: Any,
+                       **extra: Any) -> list[Any]:
+    """Two connected agents that send every request over MQTT at cut k2 (no policy
+    choice), so the cloud side sees the whole load."""
+    agents = [make_agent(agent_config(f"a{i}", repo.path(), repo.public_key,
+                                      {"m": fleet.mqtt_link(f"a{i}", broker)},
+                                      policy={"fixed_cut": "k2"}, **extra))
+              for i in range(2)]
+    for ag in agents:
+        assert ag.wait_connected(20)
+    return agents
+
+
 def test_broker_restart_under_load_retries_or_finishes_locally_without_duplicates(
         tmp_path, repo, samples, fleet, clouds, make_agent, mosquitto_broker) -> None:
     broker = _broker_doc(mosquitto_broker)
     c = start_cloud(tmp_path / "c", cloud_doc(repo.root, repo.public_key, fleet, [MODEL_A],
                                               zmq=False, mqtt_broker=broker))
     clouds.append(c)
-    agents = [make_agent(agent_config(f"a{i}", repo.path(), repo.public_key,
-                                      {"m": fleet.mqtt_link(f"a{i}", broker)},
-                                      policy={"fixed_cut": "k2"}))
-              for i in range(2)]
-    for ag in agents:
-        assert ag.wait_connected(20)
+    agents = _offloading_agents(repo, fleet, broker, make_agent)
     ledger = Ledger()
     load = LoadGen(ledger, agents, samples.inputs, samples.checker(), threads=2).start()
     try:
@@ -339,13 +347,8 @@ def test_mqtt_cloud_replica_sigkill_under_load_loses_nothing(tmp_path, repo, sam
     clouds.append(a)
     b = start_cloud(tmp_path / "b", doc, "b")
     clouds.append(b)
-    agents = [make_agent(agent_config(f"a{i}", repo.path(), repo.public_key,
-                                      {"m": fleet.mqtt_link(f"a{i}", broker)},
-                                      policy={"fixed_cut": "k2"},
-                                      deadlines={"default_ms": 1500, "local_reserve": 3.0}))
-              for i in range(2)]
-    for ag in agents:
-        assert ag.wait_connected(20)
+    agents = _offloading_agents(repo, fleet, broker, make_agent,
+                                deadlines={"default_ms": 1500, "local_reserve": 3.0})
     ledger = Ledger()
     load = LoadGen(ledger, agents, samples.inputs, samples.checker(), threads=2).start()
     try:
