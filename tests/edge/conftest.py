@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.agents import agent_factory
 from tiersplit.devtools.bundles import BuiltBundle, build_edge_cnn, build_signed, text
 
 
@@ -51,19 +51,8 @@ def base_config(bundle: BuiltBundle, **overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 def make_agent() -> Iterator[Callable[..., Any]]:
     """Start agents from config mappings; every one is stopped at teardown."""
-    from edge_agent import EdgeAgent, parse_config
-
-    agents: list[EdgeAgent] = []
-
-    def factory(cfg: dict[str, Any], **kw: Any) -> EdgeAgent:
-        agent = EdgeAgent(parse_config(cfg), **kw)
-        agents.append(agent)
-        return agent.start()
-
-    yield factory
-    for a in agents:
-        with contextlib.suppress(Exception):
-            a.stop(grace=5)
+    with agent_factory(serve_http=True) as factory:
+        yield factory
 
 
 @pytest.fixture

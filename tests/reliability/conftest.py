@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from tests.reliability.fleet import CloudProc, FleetKeys, cosine
+from tests.support.agents import agent_factory
 from tests.support.edge_bundle import IN_SHAPE, INPUT, OUTPUT, build_bundle, reference
 
 MODEL_A, MODEL_B = "edge_cnn", "edge_cnn_b"
@@ -98,19 +99,8 @@ def clouds() -> Iterator[list[CloudProc]]:
 @pytest.fixture
 def make_agent() -> Iterator[Callable[..., Any]]:
     """Start in-process agents (no HTTP unless asked); all stopped at teardown."""
-    from edge_agent import EdgeAgent, parse_config
-
-    agents: list[Any] = []
-
-    def factory(cfg: dict[str, Any], serve_http: bool = False) -> Any:
-        agent = EdgeAgent(parse_config(cfg), serve_http=serve_http)
-        agents.append(agent)
-        return agent.start()
-
-    yield factory
-    for a in agents:
-        with contextlib.suppress(Exception):
-            a.stop(grace=5)
+    with agent_factory(serve_http=False) as factory:
+        yield factory
 
 
 __all__ = ["INPUT", "IN_SHAPE", "MODEL_A", "MODEL_B", "OUTPUT", "Repo", "Samples"]
