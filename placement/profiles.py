@@ -37,7 +37,7 @@ import math
 import platform
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,17 +105,19 @@ class EdgeProfile:
         """The profile with ``head_ms`` taken from another recorded statistic
         (``head_mean_ms``, ``head_p90_ms``); cuts without it keep their median."""
         key = {"median": "head_ms", "mean": "head_mean_ms", "p90": "head_p90_ms"}[statistic]
-        cuts = {k: {**v, "head_ms": float(v.get(key, v.get("head_ms", 0.0)))}
-                for k, v in self.cuts.items()}
-        return EdgeProfile(self.model, self.version, self.digest, cuts, self.reply_bytes,
-                           {**self.machine, "statistic": statistic}, self.created)
+        return self._with_head(lambda v: float(v.get(key, v.get("head_ms", 0.0))),
+                               statistic=statistic)
 
     def scaled(self, factor: float) -> EdgeProfile:
         """The same device ``factor`` times slower (what-if for slower hardware)."""
-        cuts = {k: {**v, "head_ms": float(v.get("head_ms", 0.0)) * factor}
-                for k, v in self.cuts.items()}
+        return self._with_head(lambda v: float(v.get("head_ms", 0.0)) * factor, scaled=factor)
+
+    def _with_head(self, head_ms: Callable[[Mapping[str, Any]], float],
+                   **machine: Any) -> EdgeProfile:
+        """This profile with every cut's ``head_ms`` replaced and ``machine`` noted."""
+        cuts = {k: {**v, "head_ms": head_ms(v)} for k, v in self.cuts.items()}
         return EdgeProfile(self.model, self.version, self.digest, cuts, self.reply_bytes,
-                           {**self.machine, "scaled": factor}, self.created)
+                           {**self.machine, **machine}, self.created)
 
 
 @dataclass(frozen=True)
