@@ -55,6 +55,21 @@ def test_profiles_round_trip(tmp_path, suffix: str) -> None:
         assert load_profile(path) == prof
 
 
+def test_edge_profile_statistic_and_scaling_rewrite_head_times_only() -> None:
+    prof = _edge_profile()
+    k1 = dict(prof.cuts["k1"], head_p90_ms=3.5)
+    prof = EdgeProfile(prof.model, prof.version, prof.digest, {**prof.cuts, "k1": k1},
+                       prof.reply_bytes, prof.machine)
+    p90 = prof.using("p90")
+    assert p90.cuts["k1"]["head_ms"] == 3.5
+    assert p90.cuts["edge"]["head_ms"] == 9.0  # no p90 recorded: keeps its median
+    assert p90.cuts["k1"]["bytes"] == k1["bytes"] and p90.reply_bytes == 40
+    assert p90.machine == {"hostname": "h", "statistic": "p90"}
+    slow = prof.scaled(2.5)
+    assert {k: v["head_ms"] for k, v in slow.cuts.items()} == {"k1": 5.0, "edge": 22.5}
+    assert slow.machine["scaled"] == 2.5 and prof.cuts["k1"]["head_ms"] == 2.0
+
+
 def test_bad_profiles_are_refused(tmp_path) -> None:
     (tmp_path / "x.yaml").write_text("kind: gpu\n")
     with pytest.raises(ValueError, match="unknown kind"):
