@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.arrays import read_npz_inputs
 from contract.bundle import Bundle, CutSpec, Manifest
 from contract.dtypes import numpy_dtype
 from edge_agent.cascade import load_score_hook
@@ -97,22 +98,10 @@ def load_data(path: Path, manifest: Manifest) -> dict[str, np.ndarray]:
     Raises:
         ValueError: unreadable file, a missing input, wrong shapes or sample counts.
     """
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            raw = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read held-back data {path}: {e}") from e
+    raw = read_npz_inputs(path, [spec.name for spec in manifest.inputs], "held-back data")
     feeds: dict[str, np.ndarray] = {}
-    for i, spec in enumerate(manifest.inputs):
-        if spec.name in raw:
-            arr = raw[spec.name]
-        elif f"arr_{i}" in raw:
-            arr = raw[f"arr_{i}"]
-        elif len(manifest.inputs) == 1 and len(raw) == 1:
-            arr = next(iter(raw.values()))
-        else:
-            raise ValueError(f"{path} has no array for input {spec.name!r} (has: "
-                             f"{', '.join(raw) or 'nothing'})")
+    for spec in manifest.inputs:
+        arr = raw[spec.name]
         want = spec.shape[1:]
         got = list(arr.shape[1:])
         fixed_ok = len(got) == len(want) and all(
