@@ -351,10 +351,11 @@ class ReplyChannel:
     """A server link's path for many replies at once (the replies of one batch).
 
     :meth:`send_many` claims each request's responder (a request answered already is
-    skipped, never answered twice), encodes every reply in one loop (a reply that cannot
-    be encoded is answered INTERNAL instead, the others are not held up) and hands the
-    encoded messages to the link with one call of ``put`` (a list of ``(target,
-    frames)``: the link sends each to its peer).
+    skipped, never answered twice), encodes the replies together
+    (:func:`transport.wire.encode_replies`; a reply that cannot be encoded is answered
+    INTERNAL instead, the others are not held up) and hands the encoded messages to the
+    link with one call of ``put`` (a list of ``(target, frames)``: the link sends each to
+    its peer).
     """
 
     __slots__ = ("_put",)
@@ -363,27 +364,37 @@ class ReplyChannel:
         self._put = put
 
     def send_many(self, pairs: Sequence[tuple[_OnceResponder, Reply]]) -> None:
-        out: list[tuple[Any, list[Any]]] = []
-        encode = wire.encode
+        claimed: list[tuple[_OnceResponder, Reply]] = []
         for responder, reply in pairs:
             try:
                 responder.claim()
             except RuntimeError as e:
                 log.warning("reply not sent: %s", e)
                 continue
-            rid = responder.request_id
-            if reply.request_id != rid:
-                reply.request_id = rid
-            try:
-                frames = encode(reply)
-            except Exception as e:
-                log.error("reply %s could not be encoded (%s); answering INTERNAL", rid, e)
-                frames = encode(Reply(request_id=rid, status=Status.INTERNAL,
-                                      error=f"server error: reply not encodable "
-                                            f"({type(e).__name__})"))
-            out.append((responder.target, frames))
-        if out:
-            self._put(out)
+            if reply.request_id != responder.request_id:
+                reply.request_id = responder.request_id
+            claimed.append((responder, reply))
+        if not claimed:
+            return
+        try:
+            encoded = wire.encode_replies([reply for _, reply in claimed])
+        except Exception:  # one of them cannot be encoded: find it, answer the rest
+            encoded = [_encode_or_internal(reply) for _, reply in claimed]
+        self._put([(responder.target, frames)
+                   for (responder, _), frames in zip(claimed, encoded, strict=True)])
+
+
+def _encode_or_internal(reply: Reply) -> list[Any]:
+    """The frames of ``reply``, or of an INTERNAL answer to it when it cannot be encoded
+    (the requester learns at once instead of waiting for its deadline)."""
+    try:
+        return wire.encode(reply)
+    except Exception as e:
+        log.error("reply %s could not be encoded (%s); answering INTERNAL",
+                  reply.request_id, e)
+        return wire.encode(Reply(request_id=reply.request_id, status=Status.INTERNAL,
+                                 error=f"server error: reply not encodable "
+                                       f"({type(e).__name__})"))
 
 
 def dispatch_client(frames: Sequence[Any], pending: Pending, limits: wire.WireLimits,

@@ -85,3 +85,17 @@ def test_reply_header_written_directly_is_the_general_encoders(codec: str | None
     assert json.loads(head[2:])["error"] == "bad\n\"x"
     with pytest.raises(ValueError):
         wire.encode(Reply(request_id="n", queue_ms=float("nan")))
+
+
+def test_replies_encoded_together_are_what_each_encodes_alone() -> None:
+    batch = np.arange(30, dtype=np.float32).reshape(3, 10)
+    replies = [Reply(request_id=f"r{i}", tensors={"y": batch[i:i + 1], "é": np.ones(2, np.int64)},
+                     queue_ms=0.5 * i, compute_ms=3) for i in range(3)]
+    replies.append(Reply(request_id="err", status=Status.INTERNAL, error='bad "x"'))
+    replies.append(Reply(request_id="strided", tensors={"y": batch[:, ::2]}))  # general path
+    together = wire.encode_replies(replies)
+    for reply, frames in zip(replies, together, strict=True):
+        alone = wire.encode(reply)
+        assert [bytes(f) for f in frames] == [bytes(f) for f in alone]
+    with pytest.raises(DTypeError):
+        wire.encode_replies([Reply(request_id="c", tensors={"z": np.zeros(2, np.complex64)})])
