@@ -25,6 +25,7 @@ server do not share an interpreter lock. Loopback only.
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import shutil
 import socket
@@ -237,30 +238,36 @@ def time_raw_zmq(endpoint: str, nbytes: int, reps: int) -> float:
         raw.close()
 
 
-def overhead_rtts(port: int, endpoint: str, client, nbytes: int, reps: int  # type: ignore[no-untyped-def]
-                  ) -> tuple[float, float, float]:
+def overhead_rtts(port: int, endpoint: str, client, nbytes: int, reps: int,  # type: ignore[no-untyped-def]
+                  block: int = 10) -> tuple[float, float, float]:
     """Median RTT (ms) of a bare TCP socket, a bare pyzmq DEALER and ``client`` (our
-    link), measured interleaved, one request of each in turn, so that load from other
-    work on the machine falls on all three alike (measured one after the other, a burst
-    of load during one of them skews the comparison)."""
+    link), measured in turns: ``block`` back-to-back requests on each path, then the
+    next path, until each has ``reps``. Load from other work on a shared machine then
+    falls on all three alike (measured one whole series after the other, a burst of load
+    during one series skews the comparison), while each path still runs back to back as
+    in a series; the first request of each turn (its server just woke up) is not
+    counted."""
     tcp, zmq_ = _RawTcp(port), _RawZmq(endpoint)
     payload = np.ones(nbytes // 4, np.float32)
+    calls = (tcp.rtt, zmq_.rtt, lambda p: _link_rtt(client, p))
     samples: tuple[list[float], list[float], list[float]] = ([], [], [])
     try:
-        for i in range(reps + 2):
-            rtts = (tcp.rtt(payload), zmq_.rtt(payload), _link_rtt(client, payload, i))
-            if i >= 2:
-                for bucket, v in zip(samples, rtts, strict=True):
-                    bucket.append(v)
+        while len(samples[2]) < reps:
+            for call, bucket in zip(calls, samples, strict=True):
+                rtts = [call(payload) for _ in range(block + 1)]
+                bucket.extend(rtts[1:])
     finally:
         tcp.close()
         zmq_.close()
     return tuple(statistics.median(b) * 1e3 for b in samples)  # type: ignore[return-value]
 
 
-def _link_rtt(client, payload: np.ndarray, i: int) -> float:  # type: ignore[no-untyped-def]
+_RIDS = itertools.count()
+
+
+def _link_rtt(client, payload: np.ndarray) -> float:  # type: ignore[no-untyped-def]
     t0 = time.perf_counter()
-    r = client.submit(request(f"o{i}", {"x": payload})).result(60)
+    r = client.submit(request(f"o{next(_RIDS)}", {"x": payload})).result(60)
     elapsed = time.perf_counter() - t0
     assert r.ok, r.error
     return elapsed
@@ -518,7 +525,7 @@ def main() -> None:
             finally:
                 client.close()
         t = Table(title="3. Framework overhead at 1 MiB (median RTT, empty reply; the three "
-                        "loopback paths measured interleaved, one request each in turn)")
+                        "loopback paths measured in turns of 10 requests each)")
         for col in ("path", "RTT ms", "vs bare ZMQ", "vs bare TCP"):
             t.add_column(col, justify="right")
         for name, v in (("bare TCP socket", raw_tcp), ("bare pyzmq DEALER/ROUTER", raw_zmq),
