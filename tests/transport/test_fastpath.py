@@ -3,6 +3,8 @@
 - The decoder remembers dtype/codec/rank combinations it has accepted; a later message
   of an accepted kind still has its shape, sizes and frame lengths checked, and a refused
   kind is refused every time.
+- A batch's replies encoded together are, byte for byte, what each encodes alone, and a
+  reply that cannot be encoded raises as it would alone.
 """
 
 from __future__ import annotations
