@@ -25,6 +25,7 @@ server do not share an interpreter lock. Loopback only.
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import shutil
 import socket
@@ -189,41 +190,87 @@ def time_link(client, nbytes: int, reps: int, depth: int) -> tuple[float, float]
     return statistics.median(rtts) * 1e3, n * x.nbytes / MIB / elapsed
 
 
-def time_raw_tcp(port: int, nbytes: int, reps: int) -> float:
-    c = socket.create_connection(("127.0.0.1", port))
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    payload = np.ones(nbytes // 4, np.float32)
-    rtts = []
-    with c:
-        for i in range(reps + 2):
-            t0 = time.perf_counter()
-            c.sendall(struct.pack("<Q", payload.nbytes))
-            c.sendall(memoryview(payload).cast("B"))
-            assert c.recv(1) == b"k"
-            if i >= 2:
-                rtts.append(time.perf_counter() - t0)
-    return statistics.median(rtts) * 1e3
+class _RawTcp:
+    """A bare TCP client: 8-byte length, the payload, a 1-byte answer."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def rtt(self, payload: np.ndarray) -> float:
+        t0 = time.perf_counter()
+        self.sock.sendall(struct.pack("<Q", payload.nbytes))
+        self.sock.sendall(memoryview(payload).cast("B"))
+        assert self.sock.recv(1) == b"k"
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _RawZmq:
+    """A bare pyzmq DEALER: the payload as one zero-copy frame, a 1-byte answer."""
+
+    def __init__(self, endpoint: str) -> None:
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.connect(endpoint)
+
+    def rtt(self, payload: np.ndarray) -> float:
+        t0 = time.perf_counter()
+        self.sock.send(memoryview(payload).cast("B"), copy=False)
+        self.sock.recv()
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
 
 
 def time_raw_zmq(endpoint: str, nbytes: int, reps: int) -> float:
-    import zmq
-
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.connect(endpoint)
+    raw = _RawZmq(endpoint)
     payload = np.ones(nbytes // 4, np.float32)
-    rtts = []
     try:
-        for i in range(reps + 2):
-            t0 = time.perf_counter()
-            s.send(memoryview(payload).cast("B"), copy=False)
-            s.recv()
-            if i >= 2:
-                rtts.append(time.perf_counter() - t0)
+        return statistics.median([raw.rtt(payload) for _ in range(reps + 2)][2:]) * 1e3
     finally:
-        s.close(0)
-        ctx.term()
-    return statistics.median(rtts) * 1e3
+        raw.close()
+
+
+def overhead_rtts(port: int, endpoint: str, client, nbytes: int, reps: int,  # type: ignore[no-untyped-def]
+                  block: int = 10) -> tuple[float, float, float]:
+    """Median RTT (ms) of a bare TCP socket, a bare pyzmq DEALER and ``client`` (our
+    link), measured in turns: ``block`` back-to-back requests on each path, then the
+    next path, until each has ``reps``. Load from other work on a shared machine then
+    falls on all three alike (measured one whole series after the other, a burst of load
+    during one series skews the comparison), while each path still runs back to back as
+    in a series; the first request of each turn (its server just woke up) is not
+    counted."""
+    tcp, zmq_ = _RawTcp(port), _RawZmq(endpoint)
+    payload = np.ones(nbytes // 4, np.float32)
+    calls = (tcp.rtt, zmq_.rtt, lambda p: _link_rtt(client, p))
+    samples: tuple[list[float], list[float], list[float]] = ([], [], [])
+    try:
+        while len(samples[2]) < reps:
+            for call, bucket in zip(calls, samples, strict=True):
+                rtts = [call(payload) for _ in range(block + 1)]
+                bucket.extend(rtts[1:])
+    finally:
+        tcp.close()
+        zmq_.close()
+    return tuple(statistics.median(b) * 1e3 for b in samples)  # type: ignore[return-value]
+
+
+_RIDS = itertools.count()
+
+
+def _link_rtt(client, payload: np.ndarray) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    r = client.submit(request(f"o{next(_RIDS)}", {"x": payload})).result(60)
+    elapsed = time.perf_counter() - t0
+    assert r.ok, r.error
+    return elapsed
 
 
 class _emulated:
@@ -457,12 +504,10 @@ def main() -> None:
         p2, zep = spawn(_raw_zmq_server)
         p3, lep = spawn(_link_server, setups["ZMQ plaintext"][0].model_dump_json())
         procs += [p1, p2, p3]
-        raw_tcp = time_raw_tcp(port, n, ov_reps)
-        raw_zmq = time_raw_zmq(zep, n, ov_reps)
         client = transport.make_client_link(setups["ZMQ plaintext"][1](lep), "bench")
         try:
             client.wait_connected(15)  # type: ignore[attr-defined]
-            ours = time_link(client, n, ov_reps, depth=1)[0]
+            raw_tcp, raw_zmq, ours = overhead_rtts(port, zep, client, n, ov_reps)
         finally:
             client.close()
         # The same two paths through an emulated wifi link (50 Mbit/s, 5 ms RTT).
@@ -479,7 +524,8 @@ def main() -> None:
                 emu_ours = time_link(client, n, emu_reps, depth=1)[0]
             finally:
                 client.close()
-        t = Table(title="3. Framework overhead at 1 MiB (median RTT, empty reply)")
+        t = Table(title="3. Framework overhead at 1 MiB (median RTT, empty reply; the three "
+                        "loopback paths measured in turns of 10 requests each)")
         for col in ("path", "RTT ms", "vs bare ZMQ", "vs bare TCP"):
             t.add_column(col, justify="right")
         for name, v in (("bare TCP socket", raw_tcp), ("bare pyzmq DEALER/ROUTER", raw_zmq),

@@ -63,6 +63,29 @@ def _send(responder: Responder, reply: Reply) -> None:
         log.warning("reply %s not sent: %s", reply.request_id, e)
 
 
+def _send_all(pairs: list[tuple[Responder, Reply]]) -> None:
+    """A batch's replies. Responders of a link that has a batch path (a ``channel``
+    attribute with ``send_many``, as the ZeroMQ and MQTT links give) are answered through
+    it, all of one link's at once: encoded in one loop and handed to the link's I/O
+    thread with one wake-up. Any other responder gets its own ``send``."""
+    groups: dict[int, tuple[Any, list[tuple[Responder, Reply]]]] = {}
+    for responder, reply in pairs:
+        channel = getattr(responder, "channel", None)
+        if channel is None:
+            _send(responder, reply)
+            continue
+        group = groups.get(id(channel))
+        if group is None:
+            groups[id(channel)] = (channel, [(responder, reply)])
+        else:
+            group[1].append((responder, reply))
+    for channel, items in groups.values():
+        try:
+            channel.send_many(items)
+        except Exception as e:  # the link may be closing; the agents will time out
+            log.warning("%d replies not sent: %s", len(items), e)
+
+
 class CloudCore:
     """One cloud core: repository, batcher, links and HTTP endpoint.
 
@@ -85,6 +108,7 @@ class CloudCore:
         self._count_lock = threading.Lock()
         self._children: dict[tuple[str, str, str], tuple[Any, ...]] = {}  # per batch
         self._depth_gauges: dict[tuple[Any, ...], Any] = {}  # labelled gauge children
+        self._depth_keys: set[tuple[Any, ...]] = set()  # queue keys whose gauge exists
         self._http: Any = None
         self._admin: Any = None
         self._tokens: Any = None
@@ -373,8 +397,11 @@ class CloudCore:
         # One queue per (model, version, cut, sample shapes); the gauge sums the shapes.
         # Called on every submit, so it does nothing once the gauge exists: the gauge
         # reads the batcher's queues when it is scraped, not on every request.
+        if key in self._depth_keys:
+            return
         labels = key[:3]
         if labels in self._depth_gauges:
+            self._depth_keys.add(key)
             return
         with self._count_lock:
             if labels in self._depth_gauges:
@@ -437,16 +464,20 @@ class CloudCore:
             m.agent_seen(agent, lv.name, lv.version)
         offset = 0
         compute_ms = compute * 1e3
+        queue_ms = self._queue_ms
+        pairs: list[tuple[Responder, Reply]] = []
         for entry, job in zip(batch, jobs, strict=True):
             queued = start - entry.enqueued
-            self._queue_ms = 0.9 * self._queue_ms + 0.1 * queued * 1e3
+            queue_ms = 0.9 * queue_ms + 0.1 * queued * 1e3
             queue_hist.observe(queued)
             n = entry.items
             tensors = {k: v[offset:offset + n] for k, v in outputs.items()}
             offset += n
-            _send(job.responder, Reply(request_id=job.request.request_id, status=Status.OK,
-                                       tensors=tensors, queue_ms=queued * 1e3,
-                                       compute_ms=compute_ms))
+            pairs.append((job.responder, Reply(request_id=job.request.request_id,
+                                               status=Status.OK, tensors=tensors,
+                                               queue_ms=queued * 1e3, compute_ms=compute_ms)))
+        self._queue_ms = queue_ms
+        _send_all(pairs)
 
     def _batch_metrics(self, model: str, cut: str, backend: str) -> tuple[Any, ...]:
         """The labelled metric children a batch updates, looked up once per (model, cut,

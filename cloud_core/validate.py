@@ -13,7 +13,7 @@ look the cut up again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -68,15 +68,28 @@ class Target:
 class Validated:
     """A request that may be queued.
 
+    Immutable, so one value serves every request with the same target and tensor
+    signature (see :func:`check_request`).
+
     Attributes:
         target: its version, cut and backend.
         items: batch size (samples).
         sample_shapes: per-sample shape of each crossing tensor, in manifest order.
+        batch_key: the batcher queue this request joins: (model, version, cut, sample
+            shapes). Requests are concatenated along the batch dimension only, so two
+            requests whose other dimensions differ (text of 8 vs 32 tokens for a dynamic
+            sequence axis) must never share a batch: the sample shapes are part of it.
     """
 
     target: Target
     items: int
     sample_shapes: tuple[tuple[int, ...], ...]
+    batch_key: tuple[str, str, str, tuple[tuple[int, ...], ...]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        lv = self.target.version
+        object.__setattr__(self, "batch_key",
+                           (lv.name, lv.version, self.target.cut.id, self.sample_shapes))
 
     @property
     def version(self) -> LoadedVersion:
@@ -85,17 +98,6 @@ class Validated:
     @property
     def cut(self) -> CutSpec:
         return self.target.cut
-
-    @property
-    def batch_key(self) -> tuple[str, str, str, tuple[tuple[int, ...], ...]]:
-        """The batcher queue this request joins: (model, version, cut, sample shapes).
-
-        Requests are concatenated along the batch dimension only, so two requests whose
-        other dimensions differ (text of 8 vs 32 tokens for a dynamic sequence axis) must
-        never share a batch: the sample shapes are part of the key.
-        """
-        lv = self.target.version
-        return (lv.name, lv.version, self.target.cut.id, self.sample_shapes)
 
 
 def resolve_target(request: Request, repo: Repository) -> Target:
@@ -127,17 +129,16 @@ def resolve_target(request: Request, repo: Repository) -> Target:
 # identity with the object it was computed for (held in the value, so its id cannot be
 # reused while cached). Only answers that passed are kept, a bounded number of them.
 _TARGETS: dict[tuple[int, str], Target] = {}
-_CHECKED: dict[tuple[int, int, tuple], tuple[CutSpec, int, tuple[tuple[int, ...], ...]]] = {}
+_CHECKED: dict[tuple[int, int, tuple], Validated] = {}
 _CACHE_MAX = 1024
 
 
 def forget_version(lv: LoadedVersion) -> None:
     """Drop what is remembered about ``lv`` (an unloaded version is not kept alive by
     these caches)."""
-    cuts = {id(c) for c in lv.bundle.manifest.cuts}
     for k in [k for k, t in list(_TARGETS.items()) if t.version is lv]:
         _TARGETS.pop(k, None)
-    for k in [k for k in list(_CHECKED) if k[0] in cuts]:
+    for k in [k for k, v in list(_CHECKED.items()) if v.target.version is lv]:
         _CHECKED.pop(k, None)
 
 
@@ -186,9 +187,9 @@ def check_request(request: Request, target: Target, *, max_request_bytes: int,
                            f"{max_request_bytes}", reason="oversize")
     sig = _signature(tensors)
     if sig is not None:
-        hit = _CHECKED.get((id(cut), max_batch, sig))
-        if hit is not None and hit[0] is cut:
-            return Validated(target=target, items=hit[1], sample_shapes=hit[2])
+        hit = _CHECKED.get((id(target), max_batch, sig))
+        if hit is not None and hit.target is target:
+            return hit
     expected = [t.name for t in cut.tensors]
     if set(tensors) != set(expected):
         missing = sorted(set(expected) - set(tensors))
@@ -221,10 +222,10 @@ def check_request(request: Request, target: Target, *, max_request_bytes: int,
     if items > max_batch:
         raise InvalidInput(f"request batch of {items} exceeds max_batch {max_batch}; "
                            "split it", reason="batch")
-    sample_shapes = tuple(shapes)
+    valid = Validated(target=target, items=items, sample_shapes=tuple(shapes))
     if sig is not None:
-        _remember(_CHECKED, (id(cut), max_batch, sig), (cut, items, sample_shapes))
-    return Validated(target=target, items=items, sample_shapes=sample_shapes)
+        _remember(_CHECKED, (id(target), max_batch, sig), valid)
+    return valid
 
 
 def _signature(tensors: dict[str, object]) -> tuple | None:

@@ -20,8 +20,8 @@ from transport.base import PingResult, ServerHandler
 from transport.errors import LinkClosed, LinkTimeout, TransportError, WireError
 from transport.messages import Chunk, Directive, Fetch, Ping, Pong, Reply, Report, Request, Status
 
-__all__ = ["LinkState", "Pending", "Waker", "dispatch_client", "dispatch_server", "refuse",
-           "settle"]
+__all__ = ["LinkState", "Pending", "ReplyChannel", "Waker", "dispatch_client",
+           "dispatch_server", "refuse", "settle"]
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,8 @@ class Waker:
 
 def dispatch_server(frames: Sequence[Any], agent_id: str | None, handler: ServerHandler,
                     limits: wire.WireLimits, send: Callable[[Reply | Pong], None],
-                    trust_claimed_id: bool = False) -> None:
+                    trust_claimed_id: bool = False, channel: ReplyChannel | None = None,
+                    target: Any = None) -> None:
     """Decode one incoming message and hand it to the handler, or refuse it.
 
     Args:
@@ -244,6 +245,8 @@ def dispatch_server(frames: Sequence[Any], agent_id: str | None, handler: Server
         limits: decoder bounds.
         send: how to answer this peer (called with a Reply or a Pong).
         trust_claimed_id: plaintext links take the agent id the request claims.
+        channel: the link's batch path for replies, and ``target`` this peer's address
+            on it (see :class:`_OnceResponder`).
     """
     try:
         msg = wire.decode(frames, limits)
@@ -257,7 +260,7 @@ def dispatch_server(frames: Sequence[Any], agent_id: str | None, handler: Server
     if isinstance(msg, Request):
         if not trust_claimed_id or agent_id is not None:
             msg.agent_id = agent_id or ""
-        responder = _OnceResponder(send, msg.request_id)
+        responder = _OnceResponder(send, msg.request_id, channel, target)
         try:
             handler.on_request(msg, responder)
         except Exception as e:
@@ -314,23 +317,84 @@ def refuse(frames: Sequence[Any], agent_id: str | None, handler: ServerHandler,
 
 
 class _OnceResponder:
-    """Responder for one request: refuses a second reply (it would confuse the agent)."""
+    """Responder for one request: refuses a second reply (it would confuse the agent).
 
-    __slots__ = ("_done", "_lock", "_rid", "_send")
+    ``channel`` (None when the link has none) is the link's :class:`ReplyChannel`, and
+    ``target`` what that channel needs to address this peer: a server answering a whole
+    batch hands all its replies to the channel at once (one pass, one wake-up of the
+    link's I/O thread) instead of one :meth:`send` each.
+    """
 
-    def __init__(self, send: Callable[[Reply], None], request_id: str) -> None:
-        self._send, self._rid = send, request_id
-        self._done = False
-        self._lock = threading.Lock()
+    __slots__ = ("_send", "_slot", "channel", "request_id", "target")
+
+    def __init__(self, send: Callable[[Reply], None], request_id: str,
+                 channel: ReplyChannel | None = None, target: Any = None) -> None:
+        self._send, self.request_id = send, request_id
+        self.channel, self.target = channel, target
+        self._slot = [True]  # popped by the one reply: list.pop is atomic, no lock needed
+
+    def claim(self) -> None:
+        """Mark this request answered; raises RuntimeError if it already was."""
+        try:
+            self._slot.pop()
+        except IndexError:
+            raise RuntimeError(f"request {self.request_id!r} already answered") from None
 
     def send(self, reply: Reply) -> None:
-        with self._lock:
-            if self._done:
-                raise RuntimeError(f"request {self._rid!r} already answered")
-            self._done = True
-        if reply.request_id != self._rid:
-            reply.request_id = self._rid
+        self.claim()
+        if reply.request_id != self.request_id:
+            reply.request_id = self.request_id
         self._send(reply)
+
+
+class ReplyChannel:
+    """A server link's path for many replies at once (the replies of one batch).
+
+    :meth:`send_many` claims each request's responder (a request answered already is
+    skipped, never answered twice), encodes the replies together
+    (:func:`transport.wire.encode_replies`; a reply that cannot be encoded is answered
+    INTERNAL instead, the others are not held up) and hands the encoded messages to the
+    link with one call of ``put`` (a list of ``(target, frames)``: the link sends each to
+    its peer).
+    """
+
+    __slots__ = ("_put",)
+
+    def __init__(self, put: Callable[[list[tuple[Any, list[Any]]]], None]) -> None:
+        self._put = put
+
+    def send_many(self, pairs: Sequence[tuple[_OnceResponder, Reply]]) -> None:
+        claimed: list[tuple[_OnceResponder, Reply]] = []
+        for responder, reply in pairs:
+            try:
+                responder.claim()
+            except RuntimeError as e:
+                log.warning("reply not sent: %s", e)
+                continue
+            if reply.request_id != responder.request_id:
+                reply.request_id = responder.request_id
+            claimed.append((responder, reply))
+        if not claimed:
+            return
+        try:
+            encoded = wire.encode_replies([reply for _, reply in claimed])
+        except Exception:  # one of them cannot be encoded: find it, answer the rest
+            encoded = [_encode_or_internal(reply) for _, reply in claimed]
+        self._put([(responder.target, frames)
+                   for (responder, _), frames in zip(claimed, encoded, strict=True)])
+
+
+def _encode_or_internal(reply: Reply) -> list[Any]:
+    """The frames of ``reply``, or of an INTERNAL answer to it when it cannot be encoded
+    (the requester learns at once instead of waiting for its deadline)."""
+    try:
+        return wire.encode(reply)
+    except Exception as e:
+        log.error("reply %s could not be encoded (%s); answering INTERNAL",
+                  reply.request_id, e)
+        return wire.encode(Reply(request_id=reply.request_id, status=Status.INTERNAL,
+                                 error=f"server error: reply not encodable "
+                                       f"({type(e).__name__})"))
 
 
 def dispatch_client(frames: Sequence[Any], pending: Pending, limits: wire.WireLimits,

@@ -51,7 +51,13 @@ import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from transport import aead, keys, wire
-from transport._common import LinkState, Pending, dispatch_client, dispatch_server
+from transport._common import (
+    LinkState,
+    Pending,
+    ReplyChannel,
+    dispatch_client,
+    dispatch_server,
+)
 from transport.base import ClientLink, PingResult, ServerHandler, ServerLink
 from transport.config import MqttBrokerConfig, MqttClientConfig, MqttServerConfig
 from transport.errors import (
@@ -206,6 +212,7 @@ class MqttServerLink(ServerLink):
         self._prune_at = _PRUNE_MIN
         self.presence_topic = f"{cfg.prefix}/cloud/{self._client_id}"
         self._skew_log = _SkewLog("requests of agent {peer}", "the cloud's")
+        self._replies = ReplyChannel(self._publish_many)
         self.reload_allowed()
 
     @property
@@ -347,21 +354,30 @@ class MqttServerLink(ServerLink):
         assert self._handler is not None
         try:
             dispatch_server(frames, agent_id, self._handler, self._limits,
-                            lambda m: self._send(agent_id, m))
+                            lambda m: self._send(agent_id, m), channel=self._replies,
+                            target=agent_id)
         except Exception:
             log.exception("server handler failed on a message from %s", agent_id)
 
     def _send(self, agent_id: str, msg: Reply | Pong) -> None:
+        self._publish_many([(agent_id, wire.encode(msg))])
+
+    def _publish_many(self, messages: list[tuple[str, list]]) -> None:
+        """Seal and publish encoded messages, each ``(agent_id, frames)``, in one loop
+        (a batch's replies: the allow-list read once, the in-flight set locked once)."""
         with self._lock:
-            crypto = self._agents.get(agent_id)
+            agents = self._agents
         client = self._client
-        if crypto is None or client is None:
-            log.info("reply to %s dropped: agent revoked or link stopped", agent_id)
-            return
-        payload = crypto.sealer.seal(wire.pack_frames(wire.encode(msg)))
-        info = client.publish(f"{self._prefix}/rep/{agent_id}", payload, qos=1)
+        infos = []
+        for agent_id, frames in messages:
+            crypto = agents.get(agent_id)
+            if crypto is None or client is None:
+                log.info("reply to %s dropped: agent revoked or link stopped", agent_id)
+                continue
+            payload = crypto.sealer.seal(wire.pack_frames(frames))
+            infos.append(client.publish(f"{self._prefix}/rep/{agent_id}", payload, qos=1))
         with self._inflight_lock:
-            self._inflight.add(info)
+            self._inflight.update(infos)
             if len(self._inflight) > self._prune_at:
                 # Forget published replies in bulk, not on every reply: the set only
                 # serves stop(), to wait for replies still on their way.

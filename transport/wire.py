@@ -62,6 +62,7 @@ __all__ = [
     "WireLimits",
     "decode",
     "encode",
+    "encode_replies",
     "pack_frames",
     "peek_request_id",
     "unpack_frames",
@@ -234,6 +235,44 @@ def _reply_head(msg: Reply, descs: list[dict[str, Any]]) -> bytes:
             f'"error":{_json_str(msg.error)},"queue_ms":{_json_num(msg.queue_ms)},'
             f'"compute_ms":{_json_num(msg.compute_ms)},"t":[{",".join(parts)}]}}')
     return _PREFIX[_KIND_REPLY] + body.encode()
+
+
+def encode_replies(replies: Sequence[Reply]) -> list[list[bytes | memoryview]]:
+    """Frames for each of ``replies`` (a batch's), as :func:`encode` gives them.
+
+    The replies of one batch carry tensors of the same names, dtypes and shapes, so the
+    header text describing them is written once per distinct layout, not once per reply;
+    a reply whose tensors are not plain native, contiguous arrays goes through
+    :func:`encode`. Raises what :func:`encode` raises, for the first reply that fails.
+    """
+    layouts: dict[tuple, str] = {}
+    out: list[list[bytes | memoryview]] = []
+    for msg in replies:
+        frames: list[bytes | memoryview] = []
+        key = []
+        for name, arr in msg.tensors.items():
+            if (arr.__class__ is not np.ndarray or name.__class__ is not str
+                    or arr.dtype not in _WIRE_NAME or not arr.flags.c_contiguous):
+                break
+            key.append((name, arr.dtype, arr.shape))
+            frames.append(memoryview(arr.reshape(-1).view(np.uint8)))
+        else:
+            k = tuple(key)
+            descs = layouts.get(k)
+            if descs is None:
+                descs = ",".join(
+                    f'{{"n":{_json_str(n)},"d":"{_WIRE_NAME[d]}",'
+                    f'"s":[{",".join(str(int(x)) for x in shape)}],"c":"raw"}}'
+                    for n, d, shape in k)
+                layouts[k] = descs
+            if _NATIVE_IS_WIRE:
+                body = (f'{{"id":{_json_str(msg.request_id)},"status":{int(msg.status)},'
+                        f'"error":{_json_str(msg.error)},"queue_ms":{_json_num(msg.queue_ms)},'
+                        f'"compute_ms":{_json_num(msg.compute_ms)},"t":[{descs}]}}')
+                out.append([_PREFIX[_KIND_REPLY] + body.encode(), *frames])
+                continue
+        out.append(encode(msg))
+    return out
 
 
 def _encode_control(msg: Message) -> list[bytes | memoryview] | None:

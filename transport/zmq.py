@@ -43,6 +43,7 @@ from transport import keys, wire
 from transport._common import (
     LinkState,
     Pending,
+    ReplyChannel,
     Waker,
     dispatch_client,
     dispatch_server,
@@ -226,6 +227,7 @@ class ZmqServerLink(ServerLink):
         self._lock = threading.Lock()
         self._outbox: collections.deque[tuple[bytes, list]] = collections.deque()
         self._waker = Waker()
+        self._replies = ReplyChannel(self._enqueue_many)
         self._bound: list[str] = []
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -325,6 +327,12 @@ class ZmqServerLink(ServerLink):
         if threading.current_thread() is not self._thread:
             self._waker.wake()  # the I/O thread flushes after each batch anyway
 
+    def _enqueue_many(self, messages: list[tuple[bytes, list]]) -> None:
+        """A batch's replies: queued together, the I/O thread woken once for all."""
+        self._outbox.extend(messages)
+        if threading.current_thread() is not self._thread:
+            self._waker.wake()
+
     def _make_socket(self) -> zmq.Socket:
         assert self._ctx is not None
         sock = self._ctx.socket(zmq.ROUTER)
@@ -412,7 +420,8 @@ class ZmqServerLink(ServerLink):
                 return
         try:
             dispatch_server(frames, agent_id, self._handler, self._limits, send,
-                            trust_claimed_id=self._insecure)
+                            trust_claimed_id=self._insecure, channel=self._replies,
+                            target=identity)
         except Exception:
             log.exception("server handler failed on a message from %s", agent_id)
 

@@ -12,7 +12,7 @@ import pytest
 import transport
 from transport import wire
 from transport.errors import KeyFileError, LinkClosed, LinkTimeout
-from transport.messages import Status
+from transport.messages import Reply, Status
 
 from .conftest import LinkEnv, RecordingHandler, make_request
 
@@ -165,17 +165,24 @@ def test_world_readable_secret_key_refused(link_env: LinkEnv, handler: Recording
 
 
 def test_submit_from_many_threads(link_env: LinkEnv, handler: RecordingHandler) -> None:
-    """Links are shared by the agent's worker threads: submit is thread-safe."""
+    """Links are shared by the agent's worker threads: submit is thread-safe (the ZeroMQ
+    client sends on the caller's thread under the socket's lock), every thread gets its
+    own replies, pings take the same path, and a closed link refuses at once."""
     link_env.server(handler)
     client = link_env.client("agent-1")
     errors: list[BaseException] = []
 
     def worker(t: int) -> None:
+        codec = "raw" if t % 2 == 0 else "int8+lz4"
         try:
-            for i in range(25):
-                x = np.full(32, t * 100 + i, np.float32)
-                r = client.submit(make_request(f"t{t}-{i}", {"x": x}, "int8+lz4")).result(30)
-                assert r.ok and float(r.tensors["x"][0]) == pytest.approx(t * 100 + i, abs=1)
+            for i in range(20):
+                x = np.full((1, 8), t * 100 + i, np.float32)
+                r = client.submit(make_request(f"t{t}-{i}", {"x": x}, codec)).result(30)
+                assert r.ok and r.request_id == f"t{t}-{i}"
+                if codec == "raw":
+                    np.testing.assert_array_equal(r.tensors["x"], x)
+                else:
+                    assert float(r.tensors["x"][0, 0]) == pytest.approx(t * 100 + i, abs=1)
         except BaseException as e:
             errors.append(e)
 
@@ -185,7 +192,49 @@ def test_submit_from_many_threads(link_env: LinkEnv, handler: RecordingHandler) 
     for th in threads:
         th.join(120)
     assert errors == []
-    assert len(handler.requests) == 200
+    assert len(handler.requests) == 160
+    assert client.ping().rtt_ms > 0
+    client.close()
+    with pytest.raises(LinkClosed):
+        client.submit(make_request("late", {"x": np.ones((1, 8), np.float32)})).result(5)
+
+
+def test_a_batch_of_replies_reaches_each_requester_once_in_order(
+        link_env: LinkEnv, handler: RecordingHandler) -> None:
+    """Replies handed to the link's batch path together (as the cloud core answers a
+    batch) reach every requester exactly once, in the batch's order; a reply that cannot
+    be encoded is answered INTERNAL and holds none of the others up."""
+    handler.hold = True
+    link_env.server(handler)
+    client = link_env.client("agent-1")
+    order: list[int] = []
+    futs = []
+    for i in range(6):
+        fut = client.submit(make_request(f"r{i}", {"x": np.full(4, i, np.float32)}))
+        fut.add_done_callback(lambda _, i=i: order.append(i))
+        futs.append(fut)
+    assert handler.wait_for(lambda h: len(h.held) == 6)
+    with handler.cv:
+        held, handler.held = sorted(handler.held, key=lambda p: p[0].request_id), []
+    channel = held[0][1].channel  # type: ignore[attr-defined]
+    assert channel is not None and all(r.channel is channel for _, r in held)  # type: ignore[attr-defined]
+    pairs = [(resp, Reply(request_id=req.request_id, tensors=dict(req.tensors)))
+             for req, resp in held]
+    pairs[3] = (held[3][1], Reply(request_id="r3", tensors={"y": np.zeros(2, np.complex64)}))
+    channel.send_many(pairs)
+    replies = [f.result(15) for f in futs]
+    assert [r.request_id for r in replies] == [f"r{i}" for i in range(6)]
+    for i, r in enumerate(replies):
+        if i == 3:
+            assert r.status == Status.INTERNAL and "not encodable" in r.error
+        else:
+            assert r.ok and float(r.tensors["x"][0]) == i
+    assert order == list(range(6))
+    with pytest.raises(RuntimeError, match="already answered"):
+        held[0][1].send(Reply(request_id="r0"))
+    channel.send_many(pairs[:1])  # answered already: skipped, not sent twice
+    handler.hold = False
+    assert client.submit(make_request("after", {"x": np.ones(4, np.float32)})).result(15).ok
 
 
 def test_replaced_key_revokes_the_old_one(link_env: LinkEnv, handler: RecordingHandler) -> None:
