@@ -19,7 +19,14 @@ from transport.messages import LoadReport, Reply, Request
 
 
 class Responder(Protocol):
-    """Sends the reply for one request back to the agent that sent it."""
+    """Sends the reply for one request back to the agent that sent it.
+
+    A link may also give its responders a ``channel`` attribute: an object whose
+    ``send_many([(responder, reply), ...])`` answers many requests of that link at once
+    (the replies of one batch: encoded together, one hand-off to the link's I/O thread).
+    Callers answering a batch use it when it is there and ``send`` otherwise; either way
+    each request is answered at most once.
+    """
 
     def send(self, reply: Reply) -> None: ...
 
