@@ -10,6 +10,9 @@ for the answer, repeats) at 1, 8 and 32 concurrent senders over each transport:
 
 The senders run in separate generator processes (:mod:`bench.loadgen`), so their
 Python work is not the core's; their own CPU use is printed, to show their headroom.
+Over ZeroMQ they are lean (one raw Curve DEALER per process keeps its senders' requests in
+flight, real wire bytes both ways) so that on a small machine they leave the cores to the
+core; ``--link-generators`` sends through tiersplit client links instead, as agents do.
 For every cell the bench reads the core process's CPU time (psutil) over the measured
 window and divides it by the replies: **core CPU per request**. Beside it, the same tail
 run directly on the same backend in this process, at the cell's mean batch size: the
@@ -29,7 +32,7 @@ Triton. ``--device cuda`` runs the core on CUDA (ORT CUDA EP, else the torch bac
 Usage::
 
     python -m bench.cloud [--quick] [--device cpu|cuda] [--seconds S] [--no-triton]
-                          [--transports zmq,mqtt] [--gen-procs N]
+                          [--transports zmq,mqtt] [--gen-procs N] [--link-generators]
 """
 
 from __future__ import annotations
@@ -274,7 +277,7 @@ def _broker_process(broker: Any) -> Any:
 
 
 def _bench_core(svc: Any, kind: str, kdir: Path, bundle: Any, senders: int, seconds: float,
-                warmup: float, gen_procs: int, broker: Any) -> Cell:
+                warmup: float, gen_procs: int, broker: Any, lean: bool = True) -> Cell:
     import psutil
 
     http = svc.ready["http"]
@@ -288,7 +291,7 @@ def _bench_core(svc: Any, kind: str, kdir: Path, bundle: Any, senders: int, seco
         return GenSpec(link=_client_json(kind, kdir, i, endpoint, broker),
                        agent_id=f"gen{i}", model=bundle.name, version=bundle.version,
                        digest=bundle.digest, cut="h1", tensor=spec.name,
-                       sample_shape=tuple(spec.sample_shape))
+                       sample_shape=tuple(spec.sample_shape), lean=lean)
 
     def window(t0: float, t1: float) -> None:
         time.sleep(max(0.0, t0 - time.monotonic()))
@@ -379,6 +382,8 @@ def _service_table(kind: str, results: dict, dev: str, args: Any, seconds: float
                     f"{args.delay_ms} ms, {seconds:.0f} s per cell; CPU ms per request "
                     f"(core process over the window / replies) vs the backend alone at "
                     f"the same batch size; util = CPU s per s ({ncpu} cores here)")
+    gen = "link" if kind == "mqtt" or args.link_generators else "lean"
+    t.caption = f"generators: {gen} (bench.loadgen); gen util = their CPU s per s"
     for col in ("senders", "config", "rps", "p50/p99 ms", "mean batch", "core CPU ms/req",
                 "backend CPU ms/req", "overhead", "core util", "gen util (procs)",
                 "broker util"):
@@ -411,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated: zmq, mqtt (mqtt needs mosquitto)")
     ap.add_argument("--gen-procs", type=int, default=4,
                     help="load generator processes (each holds one link)")
+    ap.add_argument("--link-generators", action="store_true",
+                    help="ZeroMQ generators send through tiersplit client links (sender "
+                         "threads) instead of the lean raw-DEALER generator")
     ap.add_argument("--senders", default="1,8,32",
                     help="comma-separated concurrent sender counts")
     ap.add_argument("--no-triton", action="store_true")
@@ -467,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
                     with _served(cfg, tmp, f"core-{kind}-{mb}") as svc:
                         for n in SENDERS:
                             c = _bench_core(svc, kind, kdir, bundle, n, seconds, warmup,
-                                            args.gen_procs, broker if kind == "mqtt" else None)
+                                            args.gen_procs, broker if kind == "mqtt" else None,
+                                            lean=not args.link_generators)
                             c.backend_cpu_ms = meter.ms_per_sample(c.mean_batch)
                             results[(kind, label, n)] = c
                             if c.rps == 0:

@@ -33,7 +33,7 @@ def test_cloud_bench_reports_cpu_per_request() -> None:
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     for needle in ("core CPU ms/req", "backend CPU ms/req", "overhead", "gen util",
-                   "zmq: service overhead at 8 senders"):
+                   "zmq: service overhead at 8 senders", "generators: lean"):
         assert needle in r.stdout, needle
     overhead = float(r.stdout.split("service overhead at 8 senders ")[1].split("x")[0])
     assert overhead >= 1.0  # the service cannot cost less CPU than the tail it runs
