@@ -12,7 +12,6 @@ The run's meter, progress and cache are looked up where the work runs
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -153,11 +152,13 @@ class CutWork:
     def run_cut(self, cut: Cut, cid: str, common: dict, step: Progress) -> CutResult:
         """Head search, files, codecs and device tail of one interior cut."""
         files: list[str] = []
-        with stages.current().stage("cut total"):
-            spec = self._split_cut(cut, cid, common, step, files)
-        gc.collect()
-        if spec is not None:
-            spec = self._extras(spec, step, files)
+        with ortutil.threads(self.threads):
+            with stages.current().stage("cut total"):
+                spec = self._split_cut(cut, cid, common, step, files)
+            ortutil.release()
+            if spec is not None:
+                spec = self._extras(spec, step, files)
+        ortutil.release()
         return CutResult(cid, spec, files)
 
     def _save(self, files: list[str], rel: str, model: onnx.ModelProto) -> None:
@@ -220,7 +221,7 @@ class CutWork:
             if spec.device_tail is not None:
                 self._save(files, spec.device_tail, models[spec.device_tail])
             del models
-            gc.collect()
+            ortutil.release()
         return spec
 
 

@@ -63,8 +63,8 @@ def tail_feeds(head: onnx.ModelProto, tail: onnx.ModelProto,
     tail reads directly), by name. ``head_sess``: an open session of ``head`` to reuse."""
     hs = head_sess if head_sess is not None else ortutil.session(head)
     names = [o.name for o in hs.get_outputs()]
-    mids = dict(zip(names, hs.run(names, {i.name: inputs[i.name] for i in hs.get_inputs()}),
-                    strict=True))
+    mids = dict(zip(names, ortutil.run_chunked(
+        hs, names, {i.name: inputs[i.name] for i in hs.get_inputs()}), strict=True))
     wanted = [i.name for i in tail.graph.input
               if i.name not in {w.name for w in tail.graph.initializer}]
     return {n: mids[n] if n in mids else inputs[n] for n in wanted}
@@ -121,7 +121,7 @@ def build_device_tail(cut_id: str, head_int8: onnx.ModelProto, tail: onnx.ModelP
 
     def evaluate(model: onnx.ModelProto) -> tuple[Comparison, float | None]:
         if tail_screen is None:
-            return judge(ortutil.session(model).run(None, dict(eval_t)))
+            return judge(ortutil.run_chunked(ortutil.session(model), None, dict(eval_t)))
         key = None
         if floor.metric is None and eval_digest:
             key = _cache.key_of("device tail", _cache.digest_model(model), eval_digest,
