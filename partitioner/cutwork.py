@@ -13,6 +13,7 @@ The run's meter, progress and cache are looked up where the work runs
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,8 +195,12 @@ class CutWork:
                        accuracy=accuracy(pick.comparison, pick.metric), **names)
         spec = with_recipe(spec, pick, fp32_ms)
         with meter.stage("save cut"):
-            self._save(files, names["head"], pick.model)
             self._save(files, names["head_fp32"], head)
+            if pick.model is head:  # fp32 ships: the same bytes, serialized once
+                shutil.copyfile(self.scratch / names["head_fp32"], self.scratch / names["head"])
+                files.insert(0, names["head"])
+            else:
+                self._save(files, names["head"], pick.model)
             self._save(files, names["tail"], tail)
         return spec
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -135,9 +137,14 @@ def build_device_tail(cut_id: str, head_int8: onnx.ModelProto, tail: onnx.ModelP
 
     # Only an int8 tail ships: the fp32 tail is never a candidate (its figures are the
     # shipped head's, already known).
-    _chosen, tried, fp32_ms = search(tail, evaluate, calib_t, eval_t, floor, classification,
-                                     quant=quant, what=f"device tail of cut {cut_id}",
-                                     tick=tick, fp32_fallback=False)
+    # The tail is calibrated once; its fallback candidates (nodes left in float) are
+    # quantized from the same ranges, which do not depend on the nodes excluded.
+    with tempfile.TemporaryDirectory(prefix="tiersplit-tail-") as tmp:
+        calib_t.share_ranges(Path(tmp) / "ranges.json", tail)
+        _chosen, tried, fp32_ms = search(tail, evaluate, calib_t, eval_t, floor,
+                                         classification, quant=quant,
+                                         what=f"device tail of cut {cut_id}", tick=tick,
+                                         fp32_fallback=False)
     int8 = [c for c in tried if c.meets and c.recipe != "fp32"]
     if not int8:
         best = max((c.comparison.cosine for c in tried if c.recipe != "fp32"), default=None)
