@@ -66,7 +66,8 @@ def tail_feeds(head: onnx.ModelProto, tail: onnx.ModelProto,
     hs = head_sess if head_sess is not None else ortutil.session(head)
     names = [o.name for o in hs.get_outputs()]
     mids = dict(zip(names, ortutil.run_chunked(
-        hs, names, {i.name: inputs[i.name] for i in hs.get_inputs()}), strict=True))
+        hs, names, {i.name: inputs[i.name] for i in hs.get_inputs()},
+        ortutil.chunk_for(head)), strict=True))
     wanted = [i.name for i in tail.graph.input
               if i.name not in {w.name for w in tail.graph.initializer}]
     return {n: mids[n] if n in mids else inputs[n] for n in wanted}
@@ -123,7 +124,8 @@ def build_device_tail(cut_id: str, head_int8: onnx.ModelProto, tail: onnx.ModelP
 
     def evaluate(model: onnx.ModelProto) -> tuple[Comparison, float | None]:
         if tail_screen is None:
-            return judge(ortutil.run_chunked(ortutil.session(model), None, dict(eval_t)))
+            return judge(ortutil.run_chunked(ortutil.session(model), None, dict(eval_t),
+                                             ortutil.chunk_for(model)))
         key = None
         if floor.metric is None and eval_digest:
             key = _cache.key_of("device tail", _cache.digest_model(model), eval_digest,

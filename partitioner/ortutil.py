@@ -27,8 +27,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-__all__ = ["CHUNK", "InputSpec", "input_specs", "random_feeds", "release", "run_chunked",
-           "session", "threads"]
+__all__ = ["CHUNK", "InputSpec", "batch_independent", "chunk_for", "input_specs",
+           "random_feeds", "release", "run_chunked", "session", "threads"]
 
 CHUNK = 16  # samples per run when a whole held-back or calibration set goes through a model
 
@@ -133,14 +133,26 @@ def session(model: onnx.ModelProto | Path | str, *, threads: int | None = None,
     return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+def batch_independent(model: onnx.ModelProto) -> bool:
+    """Whether each sample's outputs are the same whatever else is in its batch: not so
+    for dynamic int8, whose activation scales are computed over the whole batch."""
+    return not any(n.op_type.startswith("DynamicQuantize") for n in model.graph.node)
+
+
+def chunk_for(*models: onnx.ModelProto) -> int | None:
+    """The chunk :func:`run_chunked` may use for data going through ``models`` (None:
+    the whole set at once, as the figures were always computed for dynamic int8)."""
+    return CHUNK if all(batch_independent(m) for m in models) else None
+
+
 def run_chunked(sess, names: Sequence[str] | None, feeds: dict[str, np.ndarray],
-                chunk: int = CHUNK) -> list[np.ndarray]:
+                chunk: int | None = CHUNK) -> list[np.ndarray]:
     """``sess.run(names, feeds)`` over ``chunk`` samples at a time, outputs joined along
     the batch: a large model's activations for a whole data set would set the run's
-    peak. Runs the set at once when an output is not batch-first (its leading dimension
-    is not the chunk's sample count)."""
+    peak. Runs the set at once when ``chunk`` is None (see :func:`chunk_for`) or an
+    output is not batch-first (its leading dimension is not the chunk's sample count)."""
     n = len(next(iter(feeds.values()))) if feeds else 0
-    if n <= chunk or any(len(v) != n for v in feeds.values()):
+    if chunk is None or n <= chunk or any(len(v) != n for v in feeds.values()):
         return sess.run(names, feeds)
     parts: list[list[np.ndarray]] = []
     for lo in range(0, n, chunk):

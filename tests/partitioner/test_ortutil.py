@@ -55,3 +55,30 @@ def test_thread_context_sets_the_default_and_explicit_threads_win() -> None:
     assert [o.intra_op_num_threads for o in opts] == [2, 1, 1]
     assert not any(o.enable_cpu_mem_arena for o in opts)
 
+
+
+def test_dynamic_int8_runs_whole_sets_at_once(tmp_path) -> None:
+    """Dynamic int8 scales activations over the whole batch: chunking would change the
+    figures, so such a model is never chunked."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    rng = np.random.default_rng(2)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 8],
+                           rng.standard_normal((4, 8)).astype(np.float32).ravel().tolist())
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(fp32, str(tmp_path / "in.onnx"))
+    quantize_dynamic(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"),
+                     weight_type=QuantType.QInt8)
+    dyn = onnx.load(str(tmp_path / "out.onnx"))
+    assert ortutil.chunk_for(fp32) == ortutil.CHUNK
+    assert ortutil.chunk_for(fp32, dyn) is None and not ortutil.batch_independent(dyn)
+    x = (rng.standard_normal((40, 4)) * np.linspace(0.1, 10, 40)[:, None]).astype(np.float32)
+    sess = ortutil.session(dyn)
+    whole = sess.run(None, {"x": x})[0]
+    np.testing.assert_array_equal(
+        ortutil.run_chunked(sess, None, {"x": x}, ortutil.chunk_for(dyn))[0], whole)
+    # what chunking would have done: other scales per chunk, other outputs
+    assert not np.array_equal(ortutil.run_chunked(sess, None, {"x": x}, 8)[0], whole)
