@@ -18,6 +18,7 @@ Usage::
     python -m bench.partition [--quick] [--models digits_cnn,minilm] [--variants]
                               [--plot out.png]
     python -m bench.partition --scale [--models resnet50,...] [--cuts 4,12] [--baseline DIR]
+                                      [--jobs N] [--max-memory 1.5G] [--no-rerun]
 
 ``--scale`` (see ``bench.partition_scale``) reports time and peak RSS per stage at real
 size instead, and a re-run with only the floor changed.

@@ -2,15 +2,19 @@
 MobileNetV2 and BERT-base-like encoder, at few and many cuts, and a re-run with only the
 accuracy floor changed (which must reuse the cache).
 
-Each partition runs in its own child process, so its peak RSS (``wait4`` rusage, the
-kernel's high-water mark) is its own; the child's stage meter attributes time and
-sampled peak RSS to each stage. ``--baseline DIR`` also runs ``tiersplit partition`` from
+Each partition runs in its own child process. Its peak RSS is the larger of the kernel's
+high-water mark for that process (``wait4`` rusage) and the child's own sampled sum of
+its resident memory and that of every cut worker alive at the same moment (the stage
+meter), so parallel workers are never reported as the largest single process; the stage
+meter also attributes time and peak to each stage. ``--max-memory`` passes a budget to
+every run (the printed table names it). ``--baseline DIR`` also runs ``tiersplit partition`` from
 another checkout (e.g. the code before a change) for whole-run time and peak RSS.
 
 Usage::
 
     python -m bench.partition --scale [--models resnet50,mobilenet_v2,bert_base]
                                       [--cuts 4,12] [--baseline /path/to/old/checkout]
+                                      [--jobs N] [--max-memory 1.5G] [--no-rerun]
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class Result:
     facts: dict = field(default_factory=dict)
     error: str = ""
     load: float = 0.0  # the machine's 5-minute load average when the run ended
+    budget: str = ""  # the --max-memory the run was given ("" for none)
 
 
 def _wait(cmd: list[str], env: dict[str, str], timeout_s: float
@@ -79,7 +84,8 @@ def _wait(cmd: list[str], env: dict[str, str], timeout_s: float
 
 
 def run_after(model: str, cuts: int, root: Path, cache: Path, label: str, floor: float,
-              timeout_s: float, jobs: int | None = None) -> Result:
+              timeout_s: float, jobs: int | None = None, max_memory: str | None = None
+              ) -> Result:
     """This checkout's partition in a child process, with its stage meter."""
     out = root / f"{label}-{model}-{cuts}.json"
     cmd = [sys.executable, "-m", "bench.partition_scale", "--one", model, "--cuts", str(cuts),
@@ -87,8 +93,11 @@ def run_after(model: str, cuts: int, root: Path, cache: Path, label: str, floor:
            "--version", label, "--json", str(out)]
     if jobs is not None:
         cmd += ["--jobs", str(jobs)]
+    if max_memory is not None:
+        cmd += ["--max-memory", max_memory]
     rc, secs, peak, err, cpu = _wait(cmd, dict(os.environ), timeout_s)
-    res = Result(model, cuts, label, secs, peak, rc, cpu, error=err if rc else "")
+    res = Result(model, cuts, label, secs, peak, rc, cpu, error=err if rc else "",
+                 budget=max_memory or "")
     res.load = os.getloadavg()[1]
     if rc == 0 and out.is_file():
         data = json.loads(out.read_text())
@@ -111,17 +120,19 @@ def run_baseline(model: str, cuts: int, root: Path, checkout: Path,
 
 
 def one(model: str, cuts: int, out: Path, cache: Path, floor: float, version: str,
-        json_out: Path, jobs: int | None = None) -> int:
+        json_out: Path, jobs: int | None = None, max_memory: str | None = None) -> int:
     """Child: partition one zoo model and write the stage meter as JSON."""
     import logging
 
     from partitioner import partition
+    from partitioner.memory import parse_size
     from partitioner.stages import Meter
 
     logging.basicConfig(level=logging.WARNING)
     meter = Meter()
     partition(f"zoo:{model}", None, out, version=version, max_cuts=cuts, progress=False,
-              cache_dir=cache, accuracy_floor=floor, meter=meter, jobs=jobs)
+              cache_dir=cache, accuracy_floor=floor, meter=meter, jobs=jobs,
+              max_memory=parse_size(max_memory) if max_memory else None)
     json_out.write_text(json.dumps({
         "stages": [{"name": s.name, "depth": s.depth, "calls": s.calls, "seconds": s.seconds,
                     "peak_rss": s.peak_rss} for s in meter.stats.values()],
@@ -140,8 +151,9 @@ def _goal(r: Result) -> str:
 
 def print_results(results: list[Result], stages: bool = True) -> None:
     t = Table(title="partition at real size: whole run (child process)", title_justify="left")
-    for col in ("model", "cuts", "run", "jobs", "wall s", "load", "CPU s", "peak RSS", "estimate",
-                "calibrations", "cache hits", "screened out", "goal"):
+    for col in ("model", "cuts", "run", "jobs", "wall s", "load", "CPU s",
+                "peak RSS (all processes)", "budget", "estimate", "calibrations",
+                "cache hits", "screened out", "goal"):
         t.add_column(col, justify="left" if col in ("model", "run", "goal") else "right")
     for r in results:
         hits = sum(v for k, v in r.counts.items() if k.startswith("cache hits"))
@@ -149,7 +161,7 @@ def print_results(results: list[Result], stages: bool = True) -> None:
         t.add_row(r.model, str(r.cuts), r.label + (f" [red]rc {r.rc}[/red]" if r.rc else ""),
                   str(r.facts.get("jobs", "—")), f"{r.seconds:.1f}", f"{r.load:.1f}",
                   f"{r.cpu_s:.1f}",
-                  fmt_bytes(r.peak_rss), fmt_bytes(est) if est else "—",
+                  fmt_bytes(r.peak_rss), r.budget or "none", fmt_bytes(est) if est else "—",
                   str(r.counts.get("calibrations", "—")), str(hits) if r.counts else "—",
                   str(r.counts.get("screened out", "—")), _goal(r))
     console.print(t)
@@ -180,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the re-run with another floor")
     ap.add_argument("--jobs", type=int, default=None,
                     help="cut worker processes (default: auto within the free memory)")
+    ap.add_argument("--max-memory", default=None,
+                    help="memory budget for every run, e.g. 1.5G (default: none)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per partition")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -190,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.one:
         return one(args.one, int(args.cuts), args.out, args.cache, args.floor, args.version,
-                   args.json, args.jobs)
+                   args.json, args.jobs, args.max_memory)
     models = [m for m in args.models.split(",") if m]
     cut_counts = [int(c) for c in args.cuts.split(",") if c]
     results: list[Result] = []
@@ -203,12 +217,12 @@ def main(argv: list[str] | None = None) -> int:
                     mine.append(run_baseline(m, n, root, args.baseline, args.timeout))
                 cache = root / f"cache-{m}-{n}"
                 first = run_after(m, n, root, cache, f"after{n}", 0.99, args.timeout,
-                                  args.jobs)
+                                  args.jobs, args.max_memory)
                 first.label = "after"
                 mine.append(first)
                 if not args.no_rerun and n == cut_counts[0]:
                     again = run_after(m, n, root, cache, f"floor{n}", RERUN_FLOOR,
-                                      args.timeout, args.jobs)
+                                      args.timeout, args.jobs, args.max_memory)
                     again.label = f"re-run, floor {RERUN_FLOOR}"
                     mine.append(again)
                     if first.rc == 0 and again.rc == 0:

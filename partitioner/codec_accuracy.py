@@ -118,10 +118,13 @@ def measure_codecs(head_int8: onnx.ModelProto, tail: onnx.ModelProto,
     """
     hs, ts = ortutil.session(head_int8), ortutil.session(tail)
     names = [o.name for o in hs.get_outputs()]
-    mids = dict(zip(names, hs.run(names, {i.name: eval_inputs[i.name]
-                                          for i in hs.get_inputs()}), strict=True))
+    mids = dict(zip(names, ortutil.run_chunked(hs, names, {i.name: eval_inputs[i.name]
+                                                           for i in hs.get_inputs()},
+                                               ortutil.chunk_for(head_int8)), strict=True))
+    del hs
     n = len(next(iter(mids.values())))
     tail_in = [i.name for i in ts.get_inputs()]
+    tail_chunk = ortutil.chunk_for(tail)
     out: list[CutCodec] = []
     for text in candidates:
         spec = codecs.parse_spec(text)
@@ -141,7 +144,7 @@ def measure_codecs(head_int8: onnx.ModelProto, tail: onnx.ModelProto,
             times.append(took)
         joined = {k: np.concatenate(v) for k, v in decoded.items()}
         feeds = {k: joined[k] if k in joined else eval_inputs[k] for k in tail_in}
-        got = ts.run(None, feeds)
+        got = ortutil.run_chunked(ts, None, feeds, tail_chunk)
         cmp = compare(reference, got, classification)
         metric = floor.score(reference, got)
         out.append(CutCodec(codec=str(spec), ratio=round(float(np.mean(ratios)), 5),

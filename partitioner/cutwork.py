@@ -12,8 +12,8 @@ The run's meter, progress and cache are looked up where the work runs
 
 from __future__ import annotations
 
-import gc
 import logging
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,11 +153,13 @@ class CutWork:
     def run_cut(self, cut: Cut, cid: str, common: dict, step: Progress) -> CutResult:
         """Head search, files, codecs and device tail of one interior cut."""
         files: list[str] = []
-        with stages.current().stage("cut total"):
-            spec = self._split_cut(cut, cid, common, step, files)
-        gc.collect()
-        if spec is not None:
-            spec = self._extras(spec, step, files)
+        with ortutil.threads(self.threads):
+            with stages.current().stage("cut total"):
+                spec = self._split_cut(cut, cid, common, step, files)
+            ortutil.release()
+            if spec is not None:
+                spec = self._extras(spec, step, files)
+        ortutil.release()
         return CutResult(cid, spec, files)
 
     def _save(self, files: list[str], rel: str, model: onnx.ModelProto) -> None:
@@ -193,8 +195,12 @@ class CutWork:
                        accuracy=accuracy(pick.comparison, pick.metric), **names)
         spec = with_recipe(spec, pick, fp32_ms)
         with meter.stage("save cut"):
-            self._save(files, names["head"], pick.model)
             self._save(files, names["head_fp32"], head)
+            if pick.model is head:  # fp32 ships: the same bytes, serialized once
+                shutil.copyfile(self.scratch / names["head_fp32"], self.scratch / names["head"])
+                files.insert(0, names["head"])
+            else:
+                self._save(files, names["head"], pick.model)
             self._save(files, names["tail"], tail)
         return spec
 
@@ -220,7 +226,7 @@ class CutWork:
             if spec.device_tail is not None:
                 self._save(files, spec.device_tail, models[spec.device_tail])
             del models
-            gc.collect()
+            ortutil.release()
         return spec
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -63,8 +65,9 @@ def tail_feeds(head: onnx.ModelProto, tail: onnx.ModelProto,
     tail reads directly), by name. ``head_sess``: an open session of ``head`` to reuse."""
     hs = head_sess if head_sess is not None else ortutil.session(head)
     names = [o.name for o in hs.get_outputs()]
-    mids = dict(zip(names, hs.run(names, {i.name: inputs[i.name] for i in hs.get_inputs()}),
-                    strict=True))
+    mids = dict(zip(names, ortutil.run_chunked(
+        hs, names, {i.name: inputs[i.name] for i in hs.get_inputs()},
+        ortutil.chunk_for(head)), strict=True))
     wanted = [i.name for i in tail.graph.input
               if i.name not in {w.name for w in tail.graph.initializer}]
     return {n: mids[n] if n in mids else inputs[n] for n in wanted}
@@ -121,7 +124,8 @@ def build_device_tail(cut_id: str, head_int8: onnx.ModelProto, tail: onnx.ModelP
 
     def evaluate(model: onnx.ModelProto) -> tuple[Comparison, float | None]:
         if tail_screen is None:
-            return judge(ortutil.session(model).run(None, dict(eval_t)))
+            return judge(ortutil.run_chunked(ortutil.session(model), None, dict(eval_t),
+                                             ortutil.chunk_for(model)))
         key = None
         if floor.metric is None and eval_digest:
             key = _cache.key_of("device tail", _cache.digest_model(model), eval_digest,
@@ -135,9 +139,14 @@ def build_device_tail(cut_id: str, head_int8: onnx.ModelProto, tail: onnx.ModelP
 
     # Only an int8 tail ships: the fp32 tail is never a candidate (its figures are the
     # shipped head's, already known).
-    _chosen, tried, fp32_ms = search(tail, evaluate, calib_t, eval_t, floor, classification,
-                                     quant=quant, what=f"device tail of cut {cut_id}",
-                                     tick=tick, fp32_fallback=False)
+    # The tail is calibrated once; its fallback candidates (nodes left in float) are
+    # quantized from the same ranges, which do not depend on the nodes excluded.
+    with tempfile.TemporaryDirectory(prefix="tiersplit-tail-") as tmp:
+        calib_t.share_ranges(Path(tmp) / "ranges.json", tail)
+        _chosen, tried, fp32_ms = search(tail, evaluate, calib_t, eval_t, floor,
+                                         classification, quant=quant,
+                                         what=f"device tail of cut {cut_id}", tick=tick,
+                                         fp32_fallback=False)
     int8 = [c for c in tried if c.meets and c.recipe != "fp32"]
     if not int8:
         best = max((c.comparison.cosine for c in tried if c.recipe != "fp32"), default=None)

@@ -7,7 +7,6 @@ Everything is computed in memory and written through :func:`contract.bundle.writ
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import re
 import shutil
@@ -244,7 +243,7 @@ def partition(model: Any, input_shapes: Sequence[Any] | None, out_dir: Path | st
             info = analyze(loaded.model, decls)
             # info.model is the analysed (possibly re-sorted) model: one copy is enough.
             loaded = dataclasses.replace(loaded, model=onnx.ModelProto())
-            gc.collect()
+            ortutil.release()
             cuts = _resolve_cuts(info, max_cuts, extra_cuts, privacy_floor)
         ids = _cut_ids(cuts)
         splits = [c for c in cuts if c.kind == "split"]
@@ -270,7 +269,7 @@ def partition(model: Any, input_shapes: Sequence[Any] | None, out_dir: Path | st
                 metric=metric_name if metric_fn is not None else None,
                 metric_floor=metric_floor if metric_fn is not None else None))
         del info
-        gc.collect()
+        ortutil.release()
         with meter.stage("write bundle"), write_bundle(out_dir, name, version, key) as stage:
             for rel in run.files:
                 shutil.move(str(Path(scratch) / rel), str(stage.dir / rel))
@@ -414,7 +413,7 @@ class _Run:
         verify_feeds = example_feeds(_varied(decls), VERIFY_BATCH, 7, loaded.vocab)
         evald = data.eval
         eval_digest = _cache.digest_arrays(evald) if run_cache is not None else ""
-        with meter.stage("reference outputs"):
+        with meter.stage("reference outputs"), ortutil.threads(memory.cores()):
             ref_eval, ref_verify = self.references(info.model, evald, verify_feeds)
         if floor.metric is not None:
             floor.score(ref_eval, ref_eval)  # fails now, before any work, if it is broken
@@ -423,7 +422,7 @@ class _Run:
                        self.work, self.device_tails, eval_digest)
 
         work.threads = memory.cores()  # nothing else runs while the full model is searched
-        with meter.stage("search full model"):
+        with meter.stage("search full model"), ortutil.threads(work.threads):
             full_pick, full_tried, full_fp32_ms = search(
                 info.model, lambda m: work.evaluate(m, None, ()), data.calib,
                 work.probe(evald), floor, classification, quant=quant, what="full model",
@@ -442,7 +441,7 @@ class _Run:
         full_pick.model = onnx.ModelProto()  # written out; the edge cut needs its figures only
         self.full_acc = full_acc = accuracy(full_pick.comparison, full_pick.metric)
         del full_tried
-        gc.collect()
+        ortutil.release()
         step("search full model")
 
         total_nodes = max(info.compute_nodes, 1)

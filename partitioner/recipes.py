@@ -213,9 +213,9 @@ def _make(recipe: str, model: onnx.ModelProto, calib: CalibrationSet, quant: Qua
 
 
 def _rank(fp32: onnx.ModelProto, quant: onnx.ModelProto, nodes: Sequence[onnx.NodeProto],
-          feeds: Mapping[str, np.ndarray]) -> list[str]:
+          feeds: Mapping[str, np.ndarray], chunk: int = 1) -> list[str]:
     """Quantized nodes, most error added first (cached by both models' exact bytes and
-    the probe inputs)."""
+    the probe inputs). ``chunk``: samples per probe run."""
     cache = _cache.current()
     key = None
     if cache is not None:
@@ -225,23 +225,29 @@ def _rank(fp32: onnx.ModelProto, quant: onnx.ModelProto, nodes: Sequence[onnx.No
         if isinstance(hit, list):
             return [str(x) for x in hit]
     with stages.current().stage("rank sensitivity"):
-        order = _rank_nodes(fp32, quant, nodes, feeds)
+        order = _rank_nodes(fp32, quant, nodes, feeds, chunk)
     if cache is not None and key is not None:
         cache.put_json("rank", key, order)
     return order
 
 
 def _rank_nodes(fp32: onnx.ModelProto, quant: onnx.ModelProto,
-                nodes: Sequence[onnx.NodeProto], feeds: Mapping[str, np.ndarray]) -> list[str]:
+                nodes: Sequence[onnx.NodeProto], feeds: Mapping[str, np.ndarray],
+                chunk: int = 1) -> list[str]:
     """Relative error of each node's output minus that of its input, both against the
-    fp32 model, on a few samples; most error added first."""
+    fp32 model, on a few samples; most error added first.
+
+    Every probed tensor of a sample is an output here, so the samples go through both
+    models ``chunk`` at a time and only the squared norms are kept (a device tail of an
+    early cut probed on 16 samples at once held gigabytes). A dynamic int8 model, whose
+    scales depend on the whole batch, still sees all its samples in one run."""
     tensors: list[str] = []
     for n in nodes:
         tensors.extend(x for x in (n.input[0], n.output[0]) if x not in tensors)
     known = {t for n in quant.graph.node for t in n.output} | {i.name for i in quant.graph.input}
     tensors = [t for t in tensors if t in known]
 
-    def run(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    def opened(model: onnx.ModelProto):
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
         have = {o.name for o in probe.graph.output}
@@ -250,22 +256,40 @@ def _rank_nodes(fp32: onnx.ModelProto, quant: onnx.ModelProto,
                 probe.graph.output.append(helper.make_tensor_value_info(
                     t, onnx.TensorProto.FLOAT, None))
         sess = ortutil.session(probe)
-        names = [o.name for o in sess.get_outputs() if o.name in tensors]
-        ins = {i.name for i in sess.get_inputs()}
-        vals = sess.run(names, {k: v[:_RANK_SAMPLES] for k, v in feeds.items() if k in ins})
-        return dict(zip(names, vals, strict=True))
+        del probe
+        return (sess, [o.name for o in sess.get_outputs() if o.name in tensors],
+                {i.name for i in sess.get_inputs()})
 
+    diff: dict[str, float] = dict.fromkeys(tensors, 0.0)
+    norm: dict[str, float] = dict.fromkeys(tensors, 0.0)
+    bad: set[str] = set()
+    n = min(_RANK_SAMPLES, len(next(iter(feeds.values()))))
+    step = n if ortutil.chunk_for(quant) is None else max(1, chunk)
     try:
-        ref, got = run(fp32), run(quant)
+        (rs, rnames, rins), (gs, gnames, gins) = opened(fp32), opened(quant)
+        for lo in range(0, n, step):
+            part = {k: v[lo:min(lo + step, n)] for k, v in feeds.items()}
+            ref = dict(zip(rnames, rs.run(rnames, {k: v for k, v in part.items() if k in rins}),
+                           strict=True))
+            got = dict(zip(gnames, gs.run(gnames, {k: v for k, v in part.items() if k in gins}),
+                           strict=True))
+            for t in tensors:
+                if t not in ref or t not in got or ref[t].shape != got[t].shape:
+                    bad.add(t)
+                    continue
+                r = ref[t].astype(np.float64).ravel()
+                d = got[t].ravel() - r
+                diff[t] += float(np.dot(d, d))
+                norm[t] += float(np.dot(r, r))
+            del ref, got
     except Exception as e:  # ranking is an optimisation: fall back to graph order
         log.debug("sensitivity ranking failed (%s); excluding in graph order", e)
         return [n.name for n in nodes]
 
     def err(t: str) -> float:
-        if t not in ref or t not in got or ref[t].shape != got[t].shape:
+        if t in bad or t not in diff:
             return 0.0
-        r = ref[t].astype(np.float64)
-        return float(np.linalg.norm(got[t] - r) / max(np.linalg.norm(r), 1e-12))
+        return float(np.sqrt(diff[t]) / max(np.sqrt(norm[t]), 1e-12))
 
     added = {n.name: err(n.output[0]) - err(n.input[0]) for n in nodes}
     return sorted(added, key=lambda k: -added[k])
@@ -325,7 +349,7 @@ def search(head: onnx.ModelProto, evaluate: Callable[[onnx.ModelProto], tuple[Co
                               for c in tried):
             continue
         ops = _WEIGHTED if first.recipe == "static-qdq" else {"MatMul", "Gemm"}
-        order = _rank(head, first.model, _weighted_nodes(head, ops), feeds)
+        order = _rank(head, first.model, _weighted_nodes(head, ops), feeds, quant.batch)
         k = 1
         while k < len(order):
             cand = attempt(first.recipe, order[:k])
