@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.arrays import read_npz_inputs
 from partitioner.errors import AccuracyError, InputError, UnknownModel
 from partitioner.inputs import InputDecl, check_feeds
 from partitioner.load import Loaded
@@ -51,22 +52,9 @@ def _read(data: Any, names: list[str], what: str) -> tuple[dict[str, np.ndarray]
         return {k: np.asarray(v) for k, v in data.items()}, "given"
     path = Path(data)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            raw = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read {what} {path}: {e}") from e
-    out: dict[str, np.ndarray] = {}
-    for i, name in enumerate(names):
-        if name in raw:
-            out[name] = raw[name]
-        elif f"arr_{i}" in raw:
-            out[name] = raw[f"arr_{i}"]
-        elif len(names) == 1 and len(raw) == 1:
-            out[name] = next(iter(raw.values()))
-        else:
-            raise InputError(f"{what} {path} has no array for input {name!r} (has: "
-                             f"{', '.join(raw) or 'nothing'})")
-    return out, path.name
+        return read_npz_inputs(path, names, what), path.name
+    except ValueError as e:
+        raise InputError(str(e)) from e
 
 
 def _checked(loaded: Loaded, data: Any, what: str) -> tuple[dict[str, np.ndarray], str]:

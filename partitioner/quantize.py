@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from contract.arrays import read_npz_inputs
 from partitioner import cache as _cache
 from partitioner import stages
 from partitioner.errors import QuantizationError
@@ -110,21 +111,10 @@ class CalibrationSet:
             QuantizationError: unreadable file, missing input, or wrong per-sample shape.
         """
         try:
-            with np.load(path, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise QuantizationError(f"cannot read calibration data {path}: {e}") from e
-        arrays: dict[str, np.ndarray] = {}
-        for i, name in enumerate(input_names):
-            if name in data:
-                arrays[name] = data[name]
-            elif f"arr_{i}" in data:
-                arrays[name] = data[f"arr_{i}"]
-            elif len(input_names) == 1 and len(data) == 1:
-                arrays[name] = next(iter(data.values()))
-            else:
-                raise QuantizationError(f"calibration file {path} has no array for input "
-                                        f"{name!r} (has: {', '.join(data) or 'nothing'})")
+            arrays = read_npz_inputs(path, input_names, "calibration data")
+        except ValueError as e:
+            raise QuantizationError(str(e)) from e
+        for name in input_names:
             want = (sample_shapes or {}).get(name)
             if want is not None and tuple(arrays[name].shape[1:]) != tuple(want):
                 raise QuantizationError(
