@@ -226,14 +226,23 @@ def _reply_head(msg: Reply, descs: list[dict[str, Any]]) -> bytes:
     parts = []
     for d in descs:
         if len(d) == 4 and d["c"] == "raw" and d["d"] in ALLOWED_DTYPES:
-            shape = ",".join([str(int(x)) for x in d["s"]])
-            parts.append(f'{{"n":{_json_str(d["n"])},"d":"{d["d"]}","s":[{shape}],'
-                         f'"c":"raw"}}')
+            parts.append(_raw_desc(d["n"], d["d"], d["s"]))
         else:
             parts.append(_ENCODER.encode(d))
+    return _reply_head_with(msg, ",".join(parts))
+
+
+def _raw_desc(name: str, wire_dtype: str, shape: Sequence[int]) -> str:
+    """A plain raw tensor's descriptor, as the general encoder writes it."""
+    dims = ",".join([str(int(x)) for x in shape])
+    return f'{{"n":{_json_str(name)},"d":"{wire_dtype}","s":[{dims}],"c":"raw"}}'
+
+
+def _reply_head_with(msg: Reply, descs: str) -> bytes:
+    """A reply's header around its tensors' descriptors, already written as JSON."""
     body = (f'{{"id":{_json_str(msg.request_id)},"status":{int(msg.status)},'
             f'"error":{_json_str(msg.error)},"queue_ms":{_json_num(msg.queue_ms)},'
-            f'"compute_ms":{_json_num(msg.compute_ms)},"t":[{",".join(parts)}]}}')
+            f'"compute_ms":{_json_num(msg.compute_ms)},"t":[{descs}]}}')
     return _PREFIX[_KIND_REPLY] + body.encode()
 
 
@@ -260,16 +269,10 @@ def encode_replies(replies: Sequence[Reply]) -> list[list[bytes | memoryview]]:
             k = tuple(key)
             descs = layouts.get(k)
             if descs is None:
-                descs = ",".join(
-                    f'{{"n":{_json_str(n)},"d":"{_WIRE_NAME[d]}",'
-                    f'"s":[{",".join(str(int(x)) for x in shape)}],"c":"raw"}}'
-                    for n, d, shape in k)
+                descs = ",".join(_raw_desc(n, _WIRE_NAME[d], shape) for n, d, shape in k)
                 layouts[k] = descs
             if _NATIVE_IS_WIRE:
-                body = (f'{{"id":{_json_str(msg.request_id)},"status":{int(msg.status)},'
-                        f'"error":{_json_str(msg.error)},"queue_ms":{_json_num(msg.queue_ms)},'
-                        f'"compute_ms":{_json_num(msg.compute_ms)},"t":[{descs}]}}')
-                out.append([_PREFIX[_KIND_REPLY] + body.encode(), *frames])
+                out.append([_reply_head_with(msg, descs), *frames])
                 continue
         out.append(encode(msg))
     return out

@@ -323,15 +323,13 @@ class ZmqServerLink(ServerLink):
             self._ctx = None
 
     def _enqueue(self, identity: bytes, frames: list) -> None:
-        self._outbox.append((identity, frames))
-        if threading.current_thread() is not self._thread:
-            self._waker.wake()  # the I/O thread flushes after each batch anyway
+        self._enqueue_many([(identity, frames)])
 
     def _enqueue_many(self, messages: list[tuple[bytes, list]]) -> None:
-        """A batch's replies: queued together, the I/O thread woken once for all."""
+        """Replies (a batch's: queued together, the I/O thread woken once for all)."""
         self._outbox.extend(messages)
         if threading.current_thread() is not self._thread:
-            self._waker.wake()
+            self._waker.wake()  # the I/O thread flushes after each batch anyway
 
     def _make_socket(self) -> zmq.Socket:
         assert self._ctx is not None
