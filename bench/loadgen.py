@@ -75,13 +75,28 @@ def _cpu_s() -> float:
     return t.user + t.system
 
 
+def _sample(spec: GenSpec) -> np.ndarray:
+    """The one sample a generator process sends (its own, seeded by its pid)."""
+    return np.random.default_rng(os.getpid()).standard_normal(
+        (1, *spec.sample_shape)).astype(np.float32)
+
+
+def _request(spec: GenSpec, rid: str, x: np.ndarray) -> Any:
+    """Request ``rid`` carrying ``x``, with a fresh 30 s deadline."""
+    from contract.deadline import Deadline
+    from transport.messages import Request
+
+    return Request(request_id=rid, agent_id=spec.agent_id, model=spec.model,
+                   version=spec.version, digest=spec.digest, cut=spec.cut,
+                   deadline=Deadline.after_ms(30_000), tensors={spec.tensor: x},
+                   codec=spec.codec)
+
+
 def _child(spec: GenSpec, threads: int, conn: Any) -> None:
     from pydantic import TypeAdapter
 
     import transport
-    from contract.deadline import Deadline
     from transport.config import ClientLinkConfig, ZmqClientConfig
-    from transport.messages import Request
 
     cfg = TypeAdapter(ClientLinkConfig).validate_json(spec.link)
     if spec.lean and isinstance(cfg, ZmqClientConfig):
@@ -94,8 +109,7 @@ def _child(spec: GenSpec, threads: int, conn: Any) -> None:
         link.close()
         return
     t_warm, t0, t1 = conn.recv()
-    x = np.random.default_rng(os.getpid()).standard_normal(
-        (1, *spec.sample_shape)).astype(np.float32)
+    x = _sample(spec)
     lat: list[list[float]] = [[] for _ in range(threads)]
     errors = [0] * threads
     counter = iter(range(10**9))
@@ -110,12 +124,8 @@ def _child(spec: GenSpec, threads: int, conn: Any) -> None:
                 return
             with lock:
                 rid = f"{spec.agent_id}-{next(counter)}"
-            req = Request(request_id=rid, agent_id=spec.agent_id, model=spec.model,
-                          version=spec.version, digest=spec.digest, cut=spec.cut,
-                          deadline=Deadline.after_ms(30_000), tensors={spec.tensor: x},
-                          codec=spec.codec)
             try:
-                good = link.submit(req).result(30).ok
+                good = link.submit(_request(spec, rid, x)).result(30).ok
             except Exception:
                 good = False
             e = time.monotonic()
@@ -143,9 +153,8 @@ def _lean_zmq(spec: GenSpec, cfg: Any, inflight: int, conn: Any) -> None:
     Curve DEALER (see the module docstring)."""
     import zmq
 
-    from contract.deadline import Deadline
     from transport import keys, wire
-    from transport.messages import Reply, Request
+    from transport.messages import Reply
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
@@ -161,8 +170,7 @@ def _lean_zmq(spec: GenSpec, cfg: Any, inflight: int, conn: Any) -> None:
         ctx.destroy(0)
         return
     t_warm, t0, t1 = conn.recv()
-    x = np.random.default_rng(os.getpid()).standard_normal(
-        (1, *spec.sample_shape)).astype(np.float32)
+    x = _sample(spec)
     counter = iter(range(10**9))
     sent_at: dict[str, float] = {}
     lat: list[float] = []
@@ -170,10 +178,7 @@ def _lean_zmq(spec: GenSpec, cfg: Any, inflight: int, conn: Any) -> None:
 
     def send_one() -> None:
         rid = f"{spec.agent_id}-{next(counter)}"
-        frames = wire.encode(Request(
-            request_id=rid, agent_id=spec.agent_id, model=spec.model, version=spec.version,
-            digest=spec.digest, cut=spec.cut, deadline=Deadline.after_ms(30_000),
-            tensors={spec.tensor: x}, codec=spec.codec))
+        frames = wire.encode(_request(spec, rid, x))
         sent_at[rid] = time.monotonic()
         sock.send_multipart(frames, copy=False)
 
