@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from partitioner import stages
 log = logging.getLogger(__name__)
 
 __all__ = ["PartitionCache", "current", "default_root", "digest_arrays", "digest_model",
-           "key_of"]
+           "key_of", "memoized_json", "memoized_model"]
 
 
 def default_root() -> Path:
@@ -156,3 +156,36 @@ def bound(cache: PartitionCache | None) -> Iterator[PartitionCache | None]:
         yield cache
     finally:
         _CURRENT.reset(token)
+
+
+def memoized_model(kind: str, key: Callable[[], str],
+                   compute: Callable[[], onnx.ModelProto]) -> onnx.ModelProto:
+    """``compute()``, answered from the current cache under ``key()`` when it is there
+    (and stored there when not). ``key`` is called only when caching is on: a key may
+    digest a large model."""
+    cache = current()
+    if cache is None:
+        return compute()
+    k = key()
+    hit = cache.get_model(kind, k)
+    if hit is not None:
+        return hit
+    out = compute()
+    cache.put_model(kind, k, out)
+    return out
+
+
+def memoized_json(kind: str, key: Callable[[], str], compute: Callable[[], Any],
+                  valid: Callable[[Any], bool]) -> Any:
+    """As :func:`memoized_model` for a JSON value; a stored value that ``valid`` refuses
+    (damaged, or written by other code) is computed again."""
+    cache = current()
+    if cache is None:
+        return compute()
+    k = key()
+    hit = cache.get_json(kind, k)
+    if hit is not None and valid(hit):
+        return hit
+    out = compute()
+    cache.put_json(kind, k, out)
+    return out

@@ -221,30 +221,30 @@ def quantize(model: onnx.ModelProto, calib: CalibrationSet, config: QuantConfig 
     except KeyError as e:
         raise QuantizationError(f"unknown quantization setting {e}; types are QInt8/QUInt8, "
                                 "methods MinMax/Entropy/Percentile") from e
-    cache = _cache.current()
-    key = None
-    if cache is not None:  # before touching the data: a lazy calibration set stays unmade
-        key = _cache.key_of(_cache.digest_model(model), repr(config), sorted(nodes_to_exclude),
-                            calib.digest, "static-qdq")
-        hit = cache.get_model("quantize", key)
-        if hit is not None:
-            return _checked_quantized(hit, model, what, require_quantized)
-    missing = [n for n in names if n not in calib.arrays]
-    if missing:
-        raise QuantizationError(f"calibration data lacks input(s) {missing} of the {what}")
-    ranges = calib._ranges_for(model)
-    try:
-        out = _quantize_static(model, calib, config, names, act, wt, method,
-                               nodes_to_exclude, ranges, what)
-    except QuantizationError:
-        if ranges is None or not ranges.is_file():
-            raise
-        # The shared ranges lack something this model needs: calibrate it on its own.
-        log.debug("%s: shared calibration ranges do not fit; calibrating it alone", what)
-        out = _quantize_static(model, calib, config, names, act, wt, method,
-                               nodes_to_exclude, None, what)
-    if cache is not None and key is not None:
-        cache.put_model("quantize", key, out)
+
+    def computed() -> onnx.ModelProto:
+        missing = [n for n in names if n not in calib.arrays]
+        if missing:
+            raise QuantizationError(f"calibration data lacks input(s) {missing} of the {what}")
+        ranges = calib._ranges_for(model)
+        try:
+            return _quantize_static(model, calib, config, names, act, wt, method,
+                                    nodes_to_exclude, ranges, what)
+        except QuantizationError:
+            if ranges is None or not ranges.is_file():
+                raise
+            # The shared ranges lack something this model needs: calibrate it on its own.
+            log.debug("%s: shared calibration ranges do not fit; calibrating it alone", what)
+            return _quantize_static(model, calib, config, names, act, wt, method,
+                                    nodes_to_exclude, None, what)
+
+    # The key is taken before the data is touched: a lazy calibration set stays unmade
+    # on a hit.
+    out = _cache.memoized_model(
+        "quantize",
+        lambda: _cache.key_of(_cache.digest_model(model), repr(config),
+                              sorted(nodes_to_exclude), calib.digest, "static-qdq"),
+        computed)
     return _checked_quantized(out, model, what, require_quantized)
 
 

@@ -111,19 +111,15 @@ def latency_ms(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> float
 
     Cached per exact model bytes, input and machine: a re-run with another floor
     re-judges candidates without timing them again."""
-    cache = _cache.current()
-    key = None
-    if cache is not None:
-        key = _cache.key_of("latency", _cache.digest_model(model), _feeds_id(feeds, 1),
-                            platform.machine(), platform.processor(), os.cpu_count())
-        hit = cache.get_json("latency", key)
-        if isinstance(hit, (int, float)):
-            return float(hit)
-    with stages.current().stage("time latency"):
-        ms = _time_ms(model, feeds)
-    if cache is not None and key is not None:
-        cache.put_json("latency", key, ms)
-    return ms
+    def timed() -> float:
+        with stages.current().stage("time latency"):
+            return _time_ms(model, feeds)
+
+    return float(_cache.memoized_json(
+        "latency",
+        lambda: _cache.key_of("latency", _cache.digest_model(model), _feeds_id(feeds, 1),
+                              platform.machine(), platform.processor(), os.cpu_count()),
+        timed, lambda hit: isinstance(hit, (int, float))))
 
 
 def _feeds_id(feeds: Mapping[str, np.ndarray], n: int) -> str:
@@ -170,17 +166,10 @@ def _weighted_nodes(model: onnx.ModelProto, ops: set[str]) -> list[onnx.NodeProt
 def _dynamic(model: onnx.ModelProto, exclude: Sequence[str]) -> onnx.ModelProto:
     """Dynamic int8 of ``model`` (cached by its exact bytes and the nodes left in float:
     a re-run with another floor quantizes nothing again)."""
-    cache = _cache.current()
-    key = None
-    if cache is not None:
-        key = _cache.key_of(_cache.digest_model(model), sorted(exclude), "dynamic-int8")
-        hit = cache.get_model("quantize", key)
-        if hit is not None:
-            return hit
-    out = _quantize_dynamic(model, exclude)
-    if cache is not None and key is not None:
-        cache.put_model("quantize", key, out)
-    return out
+    return _cache.memoized_model(
+        "quantize",
+        lambda: _cache.key_of(_cache.digest_model(model), sorted(exclude), "dynamic-int8"),
+        lambda: _quantize_dynamic(model, exclude))
 
 
 def _quantize_dynamic(model: onnx.ModelProto, exclude: Sequence[str]) -> onnx.ModelProto:
@@ -216,19 +205,16 @@ def _rank(fp32: onnx.ModelProto, quant: onnx.ModelProto, nodes: Sequence[onnx.No
           feeds: Mapping[str, np.ndarray], chunk: int = 1) -> list[str]:
     """Quantized nodes, most error added first (cached by both models' exact bytes and
     the probe inputs). ``chunk``: samples per probe run."""
-    cache = _cache.current()
-    key = None
-    if cache is not None:
-        key = _cache.key_of("rank", _cache.digest_model(fp32), _cache.digest_model(quant),
-                            [n.name for n in nodes], _feeds_id(feeds, _RANK_SAMPLES))
-        hit = cache.get_json("rank", key)
-        if isinstance(hit, list):
-            return [str(x) for x in hit]
-    with stages.current().stage("rank sensitivity"):
-        order = _rank_nodes(fp32, quant, nodes, feeds, chunk)
-    if cache is not None and key is not None:
-        cache.put_json("rank", key, order)
-    return order
+    def ranked() -> list[str]:
+        with stages.current().stage("rank sensitivity"):
+            return _rank_nodes(fp32, quant, nodes, feeds, chunk)
+
+    order = _cache.memoized_json(
+        "rank",
+        lambda: _cache.key_of("rank", _cache.digest_model(fp32), _cache.digest_model(quant),
+                              [n.name for n in nodes], _feeds_id(feeds, _RANK_SAMPLES)),
+        ranked, lambda hit: isinstance(hit, list))
+    return [str(x) for x in order]
 
 
 def _rank_nodes(fp32: onnx.ModelProto, quant: onnx.ModelProto,
